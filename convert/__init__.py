@@ -1,0 +1,108 @@
+"""Conversion between NVIDIA DeepLearningExamples (DLE) PyTorch checkpoints and jtts model directories.
+
+    from jtts.convert import convert, export
+    convert("nvidia_tacotron2pyt_fp16.pt", "models/tacotron2")     # kind detected from the keys
+    export("models/tacotron2", "tacotron2_state.pt")                 # loads into DLE's model with strict=True
+
+Each model's PyTorch name mapping is one table (`tacotron2.table`, `waveglow.table`) used both ways.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .tables import CheckpointError, to_jtts, to_torch
+
+__all__ = ["convert", "export", "detect_kind", "CheckpointError", "KINDS"]
+
+KINDS = ("tacotron2", "waveglow")
+
+
+def _spec(kind: str):
+    """-> (converter module, model class, config class) for a model kind."""
+    if kind == "tacotron2":
+        from jtts.tacotron2 import Tacotron2, Tacotron2Config
+
+        from . import tacotron2 as mod
+        return mod, Tacotron2, Tacotron2Config
+    if kind == "waveglow":
+        from jtts.waveglow import WaveGlow, WaveGlowConfig
+
+        from . import waveglow as mod
+        return mod, WaveGlow, WaveGlowConfig
+    raise CheckpointError(f"unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
+
+
+def detect_kind(state: dict[str, Any], source: str) -> str:
+    if "embedding.weight" in state or any(k.startswith("decoder.") for k in state):
+        return "tacotron2"
+    if "upsample.weight" in state or any(k.startswith("WN.") for k in state):
+        return "waveglow"
+    sample = ", ".join(sorted(state)[:4])
+    raise CheckpointError(f"{source}: neither a Tacotron 2 nor a WaveGlow state_dict (keys: {sample}, ...)")
+
+
+def _expected_shapes(model_cls, cfg) -> dict[str, tuple[int, ...]]:
+    from flax import nnx
+
+    from jtts.checkpoint import flat_state
+
+    abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
+    return {k: tuple(v.shape) for k, v in flat_state(abstract).items()}
+
+
+def _is_buffer(key: str) -> bool:
+    return key.endswith(".num_batches_tracked")
+
+
+def import_state_dict(state: dict[str, np.ndarray], dle_config: dict | None, *, kind: str | None = None,
+                      source: str = "state_dict"):
+    """DLE state_dict (numpy, prefix-stripped) -> (kind, config, jtts params, extras)."""
+    found = detect_kind(state, source)
+    if kind is not None and kind != found:
+        raise CheckpointError(f"{source}: is a {found} checkpoint, not {kind}")
+    mod, model_cls, _ = _spec(found)
+    if hasattr(mod, "prepare_state_dict"):
+        state = mod.prepare_state_dict(state)
+    cfg = mod.infer_config(state, dle_config, source)
+    params = to_jtts(state, mod.table(cfg), _expected_shapes(model_cls, cfg), source=source, ignore=_is_buffer)
+    extras = {"buffers": {k: int(np.asarray(v)) for k, v in state.items() if _is_buffer(k)}}
+    return found, cfg, params, extras
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None) -> Path:
+    """NVIDIA/DLE .pt checkpoint (training, torch-hub or bare state_dict) -> jtts model directory (atomic)."""
+    from jtts.checkpoint import save_model
+
+    from .torch_io import load_checkpoint
+
+    state, dle_config, info = load_checkpoint(src)
+    found, cfg, params, extras = import_state_dict(state, dle_config, kind=kind, source=str(src))
+    n_params = int(sum(v.size for v in params.values()))
+    return save_model(out, found, dataclasses.asdict(cfg), params,
+                      source={**info, "parameters": n_params}, extras=extras)
+
+
+def export_state_dict(model_dir: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
+    """jtts model directory -> (kind, DLE state_dict as numpy, DLE constructor config)."""
+    from jtts.checkpoint import load_model
+
+    meta, params = load_model(model_dir)
+    mod, _, cfg_cls = _spec(meta["kind"])
+    cfg = cfg_cls(**meta["config"])
+    state = to_torch(params, mod.table(cfg))
+    for key, value in meta.get("extras", {}).get("buffers", {}).items():
+        state[key] = np.asarray(value, np.int64)
+    return meta["kind"], state, cfg.to_dle()
+
+
+def export(model_dir: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """jtts model directory -> {'state_dict', 'config'} .pt file that DLE's model loads with strict=True."""
+    from .torch_io import save_checkpoint
+
+    _, state, config = export_state_dict(model_dir)
+    return save_checkpoint(dst, state, config)

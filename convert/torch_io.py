@@ -1,0 +1,88 @@
+"""Reading and writing DLE's PyTorch checkpoint files, safely.
+
+Files are only ever read with `torch.load(weights_only=True)`: a pickle that names any Python callable
+outside torch's tensor allow-list is refused before anything in it runs.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .tables import CheckpointError
+
+_WN_SPELLINGS = ((".parametrizations.weight.original0", ".weight_g"),
+                 (".parametrizations.weight.original1", ".weight_v"))
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise CheckpointError("reading PyTorch checkpoints needs torch: pip install 'jtts[torch]'") from None
+    return torch
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any] | None, dict[str, Any]]:
+    """-> (state_dict with `module.` stripped and weight norm in the weight_g/weight_v spelling, as numpy;
+    the checkpoint's `config` dict or None; info about the file)."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        raise CheckpointError(f"{path}: refused: the file holds Python objects that could run code when loaded "
+                              f"({detail[:160]}); nothing in it was executed") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {msg[:160]})") from None
+    info: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size}
+    config = None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        config = obj.get("config") if isinstance(obj.get("config"), dict) else None
+        if "epoch" in obj:
+            info["epoch"] = int(obj["epoch"])
+        info["layout"] = "training checkpoint" if "optimizer" in obj else "state_dict + config"
+        raw = obj["state_dict"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        info["layout"] = "bare state_dict"
+        raw = obj
+    else:
+        raise CheckpointError(f"{path}: not a model checkpoint (no state_dict of tensors inside)")
+    state = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: state_dict entry {key} is a {type(value).__name__}, not a tensor")
+        key = key[len("module."):] if key.startswith("module.") else key
+        for new, old in _WN_SPELLINGS:
+            if key.endswith(new):
+                key = key[: -len(new)] + old
+        t = value.detach().cpu()
+        state[key] = (t.float() if t.is_floating_point() else t).numpy()
+    return state, config, info
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, np.ndarray], config: dict[str, Any]) -> Path:
+    """Writes {'state_dict', 'config'} (torch hub layout) atomically: a temp file renamed into place."""
+    torch = _torch()
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, "config": config}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

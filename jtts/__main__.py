@@ -1,0 +1,5 @@
+import sys
+
+from jtts.cli import main
+
+sys.exit(main())
