@@ -46,13 +46,15 @@ def detect_kind(state: dict[str, Any], source: str) -> str:
     raise CheckpointError(f"{source}: neither a Tacotron 2 nor a WaveGlow state_dict (keys: {sample}, ...)")
 
 
-def _expected_shapes(model_cls, cfg) -> dict[str, tuple[int, ...]]:
+def _shapes(model_cls, cfg) -> tuple[dict[str, tuple[int, ...]], int]:
+    """-> (shape of every variable of the model built from cfg, number of trainable parameters)."""
     from flax import nnx
 
     from jtts.checkpoint import flat_state
 
     abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
-    return {k: tuple(v.shape) for k, v in flat_state(abstract).items()}
+    shapes = {k: tuple(v.shape) for k, v in flat_state(abstract).items()}
+    return shapes, int(sum(np.prod(v.shape) for v in flat_state(abstract, nnx.Param).values()))
 
 
 def _is_buffer(key: str) -> bool:
@@ -61,7 +63,10 @@ def _is_buffer(key: str) -> bool:
 
 def import_state_dict(state: dict[str, np.ndarray], dle_config: dict | None, *, kind: str | None = None,
                       source: str = "state_dict"):
-    """DLE state_dict (numpy, prefix-stripped) -> (kind, config, jtts params, extras)."""
+    """DLE state_dict (numpy, prefix-stripped) -> (kind, config, jtts params, extras).
+
+    extras holds the integer buffers (BatchNorm step counters) export needs and the trainable parameter count.
+    """
     found = detect_kind(state, source)
     if kind is not None and kind != found:
         raise CheckpointError(f"{source}: is a {found} checkpoint, not {kind}")
@@ -69,8 +74,9 @@ def import_state_dict(state: dict[str, np.ndarray], dle_config: dict | None, *, 
     if hasattr(mod, "prepare_state_dict"):
         state = mod.prepare_state_dict(state)
     cfg = mod.infer_config(state, dle_config, source)
-    params = to_jtts(state, mod.table(cfg), _expected_shapes(model_cls, cfg), source=source, ignore=_is_buffer)
-    extras = {"buffers": {k: int(np.asarray(v)) for k, v in state.items() if _is_buffer(k)}}
+    shapes, n_params = _shapes(model_cls, cfg)
+    params = to_jtts(state, mod.table(cfg), shapes, source=source, ignore=_is_buffer)
+    extras = {"buffers": {k: int(np.asarray(v)) for k, v in state.items() if _is_buffer(k)}, "parameters": n_params}
     return found, cfg, params, extras
 
 
@@ -82,9 +88,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, kind: str | None 
 
     state, dle_config, info = load_checkpoint(src)
     found, cfg, params, extras = import_state_dict(state, dle_config, kind=kind, source=str(src))
-    n_params = int(sum(v.size for v in params.values()))
     return save_model(out, found, dataclasses.asdict(cfg), params,
-                      source={**info, "parameters": n_params}, extras=extras)
+                      source={**info, "parameters": extras.pop("parameters")}, extras=extras)
 
 
 def export_state_dict(model_dir: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:

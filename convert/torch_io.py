@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +36,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         raise CheckpointError(f"{path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
-        raise CheckpointError(f"{path}: refused: the file holds Python objects that could run code when loaded "
-                              f"({detail[:160]}); nothing in it was executed") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {msg[:160]})") from None
+    except Exception as e:  # torch's loader raises many types for damaged files; all mean "unreadable"
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        culprit = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
+        if isinstance(e, pickle.UnpicklingError) and culprit:
+            raise CheckpointError(f"{path}: refused: the file holds Python objects that could run code when "
+                                  f"loaded ({culprit[:160]}); nothing in it was executed") from None
+        detail = lines[0][:160] if lines else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {detail})") from None
     info: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size}
     config = None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -1,0 +1,69 @@
+"""Shared fixtures: PyTorch reference models with live random weights, saved in NVIDIA's checkpoint layouts
+and converted with `jtts.convert`, so every parity test goes through the real conversion path."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from reference.tacotron2_torch import tacotron2_config
+from reference.waveglow_torch import waveglow_config
+from reference.weights import calibrate_gate, live_tacotron2, live_waveglow, save_dle_checkpoint
+
+torch.set_num_threads(2)
+
+
+def rel(a, b) -> float:
+    """Relative L2 error of a against the reference b."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def text_batch(lengths, seed=0, n_symbols=148):
+    """Random symbol ids (never the pad id 0), zero-padded like DLE's collate."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        tokens[b, :n] = torch.randint(1, n_symbols, (n,), generator=g)
+    return tokens, torch.tensor(lengths, dtype=torch.long)
+
+
+@pytest.fixture(scope="session")
+def taco(tmp_path_factory):
+    """Full-size (NGC) Tacotron 2: reference, converted jtts model, and a batch whose gates fire at
+    different steps (calibrated on the reference, each utterance with a clear margin)."""
+    from jtts import Tacotron2
+    from jtts.convert import convert
+
+    cfg = tacotron2_config()
+    ref = live_tacotron2(cfg, seed=1)
+    tokens, lengths = text_batch([37, 29, 16], seed=1)
+    stops = calibrate_gate(ref, tokens, lengths, n_steps=150, min_step=25, margin=2e-3)
+    tmp = tmp_path_factory.mktemp("taco")
+    ckpt = tmp / "nvidia_tacotron2pyt_fp32.pt"
+    save_dle_checkpoint(ckpt, ref, cfg, module_prefix=True, with_optimizer=True)
+    out = convert(ckpt, tmp / "tacotron2")
+    return SimpleNamespace(ref=ref, model=Tacotron2.from_checkpoint(out), tokens=tokens, lengths=lengths,
+                           stops=stops, ckpt=ckpt, dir=out, config=cfg)
+
+
+@pytest.fixture(scope="session")
+def wg(tmp_path_factory):
+    """Full-size WaveGlow-256 with live `end` layers, saved as a DLE training checkpoint and converted."""
+    from jtts import WaveGlow
+    from jtts.convert import convert
+
+    cfg = waveglow_config(256)
+    ref = live_waveglow(cfg, seed=2)
+    tmp = tmp_path_factory.mktemp("wg")
+    ckpt = tmp / "nvidia_waveglow256pyt_fp32.pt"
+    save_dle_checkpoint(ckpt, ref, cfg, module_prefix=True, with_optimizer=True)
+    out = convert(ckpt, tmp / "waveglow")
+    ckpt.unlink()  # 1 GB with the Adam moments; the converted model is what the tests use
+    g = torch.Generator().manual_seed(3)
+    mel = torch.randn(2, 80, 12, generator=g) * 0.5 - 4.0
+    return SimpleNamespace(ref=ref, model=WaveGlow.from_checkpoint(out), dir=out, config=cfg, mel=mel)
