@@ -42,7 +42,8 @@ def taco(tmp_path_factory):
     cfg = tacotron2_config()
     ref = live_tacotron2(cfg, seed=1)
     tokens, lengths = text_batch([37, 29, 16], seed=1)
-    stops = calibrate_gate(ref, tokens, lengths, n_steps=150, min_step=25, margin=2e-3)
+    # isolate=True: each row decodes as it would alone, which is what jtts' infer computes
+    stops = calibrate_gate(ref, tokens, lengths, n_steps=150, min_step=25, margin=2e-3, isolate=True)
     tmp = tmp_path_factory.mktemp("taco")
     ckpt = tmp / "nvidia_tacotron2pyt_fp32.pt"
     save_dle_checkpoint(ckpt, ref, cfg, module_prefix=True, with_optimizer=True)
