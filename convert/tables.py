@@ -28,6 +28,8 @@ SAME = Layout("same", lambda a: a, lambda a: a)
 LINEAR = Layout("linear", lambda a: a.T, lambda a: a.T)
 # torch Conv1d (out, in, k) <-> jtts (k, in, out), the layout of flax's Conv and of x @ W per tap
 CONV = Layout("conv", lambda a: a.transpose(2, 1, 0), lambda a: a.transpose(2, 1, 0))
+# torch ConvTranspose1d (in, out, k) <-> jtts (k, in, out)
+CONV_TRANSPOSE = Layout("conv_transpose", lambda a: a.transpose(2, 0, 1), lambda a: a.transpose(1, 2, 0))
 # torch 1x1 Conv1d (out, in, 1) <-> jtts (in, out)
 CONV1X1 = Layout("conv1x1", lambda a: a[:, :, 0].T, lambda a: a.T[:, :, None])
 # torch weight-norm magnitude (out, 1, 1) <-> jtts (out,)

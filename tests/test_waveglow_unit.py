@@ -1,0 +1,297 @@
+"""WaveGlow unit tests in pure JAX on a small model (no PyTorch): invertibility, log-determinants, noise
+handling, reduced precision, and the DLE name table / shape-inferred config of `jtts.convert.waveglow`."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jtts.checkpoint import flat_state
+from jtts.convert import waveglow as cw
+from jtts.convert.tables import CheckpointError, to_jtts, to_torch
+from jtts.waveglow import WaveGlow, WaveGlowConfig, _infer_jit, waveglow_loss
+
+SMALL = WaveGlowConfig(n_flows=12, n_layers=4, n_channels=16)  # 3 stages: 8, 6, 4 channels
+# Measured on this model (relative L2 of infer vs float32, see test_low_precision): bf16 7.8e-4, fp16 1.0e-4.
+LOW_PRECISION_BOUNDS = {"bfloat16": 3e-3, "float16": 5e-4}
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def live(cfg: WaveGlowConfig, seed: int = 0, dtype=jnp.float32) -> WaveGlow:
+    """Random model whose couplings do something: non-zero `end`, 1x1 convs with log|det| != 0."""
+    model = WaveGlow(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    for flow in model.flows:
+        end = flow.wn.end
+        std = 0.4 / np.sqrt(cfg.n_channels)  # log_s of order 0.1: lively couplings, tame dynamics
+        end.kernel.set_value(jnp.asarray(rng.normal(0, std, end.kernel.shape), jnp.float32))
+        end.bias.set_value(jnp.asarray(rng.normal(0, 0.05, end.bias.shape), jnp.float32))
+        w = np.asarray(flow.convinv.kernel.get_value()) * 1.25
+        w = w + rng.normal(0, 0.05, w.shape)
+        assert np.linalg.det(w) > 0
+        flow.convinv.kernel.set_value(jnp.asarray(w, jnp.float32))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return live(SMALL)
+
+
+@pytest.fixture(scope="module")
+def mel():
+    return (np.random.default_rng(1).standard_normal((2, 80, 7)) * 0.5 - 4.0).astype(np.float32)
+
+
+def forward_z_to_infer_layout(z, cfg: WaveGlowConfig):
+    """Forward's z holds [first early output, second, ..., last flow's channels]; infer_onnx's layout wants the
+    last flow's channels first, then the early outputs in the order the reverse pass rejoins them (latest first)."""
+    z = np.asarray(z)
+    n_rem, e = cfg.n_remaining_channels, cfg.n_early_size
+    early = [z[:, i * e:(i + 1) * e] for i in range((cfg.n_group - n_rem) // e)]
+    return np.concatenate([z[:, -n_rem:]] + early[::-1], axis=1)
+
+
+def test_config_derived_and_dle_round_trip():
+    cfg = WaveGlowConfig()
+    assert cfg.remaining_channels == (8,) * 4 + (6,) * 4 + (4,) * 4
+    assert cfg.n_half == (4,) * 4 + (3,) * 4 + (2,) * 4
+    assert cfg.n_remaining_channels == 4
+    assert WaveGlowConfig.from_dle(cfg.to_dle()) == cfg
+    assert cfg.to_dle()["WN_config"] == dict(n_layers=8, kernel_size=3, n_channels=256)
+    with pytest.raises(ValueError, match="n_early_size"):
+        WaveGlowConfig(n_early_size=3)
+
+
+@pytest.fixture(scope="module")
+def audio(mel):
+    return (np.random.default_rng(2).standard_normal((2, mel.shape[2] * 256)) * 0.3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def forward(model, mel, audio):
+    return model(mel, audio)
+
+
+def test_forward_then_infer_reconstructs_audio(model, mel, audio, forward):
+    z, log_s, log_det = forward
+    tg = audio.shape[1] // 8
+    assert z.shape == (2, 8, tg) and len(log_s) == len(log_det) == SMALL.n_flows
+    assert [s.shape for s in log_s] == [(2, h, tg) for h in SMALL.n_half]
+    assert float(jnp.std(jnp.concatenate([s.ravel() for s in log_s]))) > 0.05  # the couplings are live
+    back = model.infer(mel, sigma=1.0, z=forward_z_to_infer_layout(z, SMALL))
+    assert back.dtype == jnp.float32 and back.shape == audio.shape
+    assert rel(back, audio) < 1e-4
+
+
+def test_log_det_matches_float64(model, audio, forward):
+    tg = audio.shape[1] // 8
+    for flow, got in zip(model.flows, forward[2]):
+        w = np.asarray(flow.convinv.kernel.get_value(), np.float64)
+        sign, want = np.linalg.slogdet(w)
+        assert sign > 0 and abs(want) > 1e-2
+        assert abs(float(got) - 2 * tg * want) <= 1e-5 * abs(2 * tg * want)
+
+
+def test_loss_formula(forward):
+    z, log_s, log_det = forward
+    z64 = np.asarray(z, np.float64)
+    want = (np.sum(z64 ** 2) / (2 * 0.7 ** 2) - sum(np.sum(np.asarray(s, np.float64)) for s in log_s)
+            - sum(float(d) for d in log_det)) / z64.size
+    assert abs(float(waveglow_loss(z, log_s, log_det, sigma=0.7)) - want) <= 1e-5 * abs(want)
+
+
+def test_training_gradients_are_finite(mel):
+    model = live(WaveGlowConfig(n_flows=4, n_early_every=2, n_layers=2, n_channels=8))
+    audio = (np.random.default_rng(4).standard_normal((2, 4 * 256 + 13)) * 0.2).astype(np.float32)
+
+    def loss_fn(m):
+        out = m(mel, audio)
+        return waveglow_loss(*out), out[0]
+
+    (loss, z), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    assert z.shape == (2, 8, 4 * 32 + 1)  # ragged: trailing samples dropped, as in DLE
+    leaves = [np.asarray(g) for g in jax.tree.leaves(nnx.state(grads))]
+    assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g)) for g in leaves)
+    assert sum(np.count_nonzero(g) for g in leaves) > 0.9 * sum(g.size for g in leaves)
+
+
+def test_seeded_noise(model, mel):
+    a = model.infer(mel, sigma=0.9, key=jax.random.key(3))
+    b = model.infer(mel, sigma=0.9, key=jax.random.key(3))
+    c = model.infer(mel, sigma=0.9, key=jax.random.key(4))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert rel(c, a) > 0.05
+    # the key means the same noise as z = normal(key, (B, n_group, T_groups)), scaled by sigma
+    z = jax.random.normal(jax.random.key(3), (2, 8, mel.shape[2] * 32))
+    assert rel(model.infer(mel, sigma=0.9, z=z), a) < 1e-6
+    with pytest.raises(ValueError, match="key"):
+        model.infer(mel, sigma=0.9)
+
+
+def test_sigma_zero_is_deterministic(model, mel):
+    a = model.infer(mel, sigma=0.0)
+    b = model.infer(mel, sigma=0.0, key=jax.random.key(1))
+    c = model.infer(mel, sigma=0.0, z=np.random.default_rng(0).standard_normal((2, 8, mel.shape[2] * 32)))
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(a), np.asarray(c))
+    assert float(jnp.std(a)) > 0
+
+
+def test_bucketed_length_is_exact(model):
+    """infer pads 21 mel frames to a 22-frame bucket; the dilated convs must not see the padding."""
+    mel = (np.random.default_rng(5).standard_normal((1, 80, 21)) * 0.5 - 4.0).astype(np.float32)
+    z = np.random.default_rng(6).standard_normal((1, 8, 21 * 32)).astype(np.float32)
+    got = model.infer(mel, sigma=0.8, z=z)
+    unpadded = _infer_jit(model.folded(), jnp.asarray(mel), jnp.asarray(z), jnp.float32(0.8),
+                          jnp.int32(21 * 32), cfg=SMALL)
+    assert got.shape == unpadded.shape == (1, 21 * 256)
+    assert rel(got, unpadded) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision(model, mel, dtype):
+    low = live(SMALL, dtype=jnp.dtype(dtype))  # same seed: same weights
+    key = jax.random.key(7)
+    ref = model.infer(mel, sigma=0.9, key=key)
+    out = low.infer(mel, sigma=0.9, key=key)  # the key gives the same noise whatever the dtype
+    assert out.dtype == jnp.float32
+    err = rel(out, ref)
+    print(f"{dtype}: relative L2 error vs float32 {err:.2e}")
+    assert 0 < err <= LOW_PRECISION_BOUNDS[dtype], err
+
+
+def test_cached_inverse_follows_parameter_changes(mel):
+    m = live(SMALL, seed=3)
+    before = m.infer(mel, sigma=0.0)
+    assert m.folded() is m.folded()
+    m.flows[0].wn.end.bias.set_value(m.flows[0].wn.end.bias.get_value() + 0.1)
+    after = m.infer(mel, sigma=0.0)
+    assert rel(after, before) > 1e-3
+
+
+def test_from_checkpoint(tmp_path, model, mel):
+    from jtts.checkpoint import save_model
+
+    params = {k: np.asarray(v.get_value()) for k, v in flat_state(model).items()}
+    save_model(tmp_path / "wg", "waveglow", dataclasses.asdict(SMALL), params)
+    loaded = WaveGlow.from_checkpoint(tmp_path / "wg")
+    assert loaded.config == SMALL
+    assert np.array_equal(np.asarray(loaded.infer(mel, sigma=0.0)), np.asarray(model.infer(mel, sigma=0.0)))
+
+
+# -- jtts.convert.waveglow --------------------------------------------------------------------------------------
+
+def _shapes(cfg):
+    abstract = nnx.eval_shape(lambda: WaveGlow(cfg, rngs=nnx.Rngs(0)))
+    return {k: tuple(v.shape) for k, v in flat_state(abstract).items()}
+
+
+def _torch_shapes(cfg):
+    """A stand-in state_dict with DLE's shapes (zero-stride arrays: no memory for the full-size model)."""
+    shapes = _shapes(cfg)
+    return {r.torch: r.layout.to_torch(np.broadcast_to(np.float32(0), shapes[r.jtts])) for r in cw.table(cfg)}
+
+
+def test_table_round_trip_is_bit_exact(model):
+    params = {k: np.asarray(v.get_value()) for k, v in flat_state(model).items()}
+    rng = np.random.default_rng(0)
+    params = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+    state = to_torch(params, cw.table(SMALL))
+    assert state["upsample.weight"].shape == (80, 80, 1024)
+    assert state["WN.0.in_layers.1.weight_v"].shape == (32, 16, 3)
+    assert state["WN.0.in_layers.1.weight_g"].shape == (32, 1, 1)
+    assert state["WN.11.end.weight"].shape == (4, 16, 1)
+    assert state["convinv.4.conv.weight"].shape == (6, 6, 1)
+    back = to_jtts(state, cw.table(SMALL), _shapes(SMALL), source="test")
+    assert set(back) == set(params)
+    for k in params:
+        assert back[k].dtype == np.float32 and np.array_equal(back[k], params[k]), k
+
+
+@pytest.mark.parametrize("cfg", [WaveGlowConfig(n_channels=256), WaveGlowConfig(n_channels=512), SMALL,
+                                 WaveGlowConfig(n_flows=6, n_group=16, n_early_every=2, n_early_size=4,
+                                                n_layers=3, n_channels=8, kernel_size=5)])
+def test_infer_config_from_shapes(cfg):
+    state = _torch_shapes(cfg)
+    assert cw.infer_config(state) == cfg
+    assert cw.infer_config(state, cfg.to_dle(), "x.pt") == cfg
+    bad = {**cfg.to_dle(), "WN_config": {**cfg.to_dle()["WN_config"], "n_channels": cfg.n_channels * 2}}
+    with pytest.raises(CheckpointError, match="n_channels"):
+        cw.infer_config(state, bad, "x.pt")
+    with pytest.raises(CheckpointError, match="n_flows"):
+        cw.check_against_dle_config(cfg, {**cfg.to_dle(), "n_flows": cfg.n_flows + 1}, "x.pt")
+
+
+def test_infer_config_rejects_incomplete_state():
+    state = _torch_shapes(SMALL)
+    del state["WN.0.start.weight_v"]
+    with pytest.raises(CheckpointError, match="WN.0.start.weight_v"):
+        cw.infer_config(state, source="x.pt")
+
+
+def _random_state(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in _torch_shapes(cfg).items()}
+
+
+def test_legacy_shared_cond_layer_is_split_exactly():
+    state = _random_state(SMALL)
+    legacy = {k: v for k, v in state.items() if ".cond_layers." not in k}
+    for k in range(SMALL.n_flows):
+        for part in ("weight_g", "weight_v", "bias"):
+            rows = [state[f"WN.{k}.cond_layers.{i}.{part}"] for i in range(SMALL.n_layers)]
+            legacy[f"WN.{k}.cond_layer.{part}"] = np.concatenate(rows)  # layer i: rows [2C*i, 2C*(i+1))
+    assert legacy["WN.0.cond_layer.weight_v"].shape == (2 * 16 * 4, 640, 1)
+    split = cw.prepare_state_dict(legacy)
+    assert set(split) == set(state)
+    assert all(np.array_equal(split[k], state[k]) for k in state)
+
+
+def test_removed_weight_norm_is_restored():
+    state = _random_state(SMALL, seed=1)
+    plain = {}
+    for k, v in state.items():
+        if k.endswith(".weight_v"):
+            g = state[k[:-1] + "g"]
+            plain[k[: -len("_v")]] = v * (g / np.linalg.norm(v, axis=(1, 2), keepdims=True))
+        elif not k.endswith(".weight_g"):
+            plain[k] = v
+    restored = cw.prepare_state_dict(plain)
+    assert set(restored) == set(state)
+    for k in state:
+        if k.endswith(".weight_v"):
+            g, v = restored[k[:-1] + "g"], restored[k]
+            want = state[k] * (state[k[:-1] + "g"] / np.linalg.norm(state[k], axis=(1, 2), keepdims=True))
+            np.testing.assert_allclose(v * (g / np.linalg.norm(v, axis=(1, 2), keepdims=True)), want, rtol=1e-5,
+                                       atol=1e-6)
+        elif not k.endswith(".weight_g"):
+            assert np.array_equal(restored[k], state[k])
+
+
+# -- jtts.denoiser ----------------------------------------------------------------------------------------------
+
+def test_denoiser(model):
+    from jtts.audio import stft
+    from jtts.denoiser import Denoiser
+
+    den = Denoiser(model)
+    assert den.bias_spec.shape == (1, 513, 1) and float(jnp.min(den.bias_spec)) >= 0
+    silent = model.infer(np.zeros((1, 80, 88), np.float32), sigma=0.0)
+    assert np.allclose(np.asarray(stft(silent)[0][:, :, :1]), np.asarray(den.bias_spec))
+    audio = (np.random.default_rng(8).standard_normal((2, 20 * 256)) * 0.1).astype(np.float32)
+    same = den(audio, strength=0.0)  # nothing subtracted: the STFT round trip
+    assert same.shape == audio.shape and same.dtype == jnp.float32
+    assert rel(same, audio) < 1e-5
+    cleaned = den(audio, strength=0.5)
+    assert rel(cleaned, audio) > 1e-3
+    mag_in, mag_out = np.asarray(stft(audio)[0]), np.asarray(stft(cleaned)[0])
+    assert mag_out.sum() < mag_in.sum()  # energy was taken out
