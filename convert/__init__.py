@@ -80,16 +80,31 @@ def import_state_dict(state: dict[str, np.ndarray], dle_config: dict | None, *, 
     return found, cfg, params, extras
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None) -> Path:
-    """NVIDIA/DLE .pt checkpoint (training, torch-hub or bare state_dict) -> jtts model directory (atomic)."""
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None, dtype: str = "float32",
+            source: dict[str, Any] | None = None) -> Path:
+    """NVIDIA/DLE .pt checkpoint (training, torch-hub or bare state_dict) -> jtts model directory (atomic).
+
+    dtype: how the weights are stored (float16/bfloat16 halve the directory; loading always gives float32
+    parameters). source: extra facts recorded in model.json's "source" (e.g. the download's URL and sha256).
+    """
     from jtts.checkpoint import save_model
 
     from .torch_io import load_checkpoint
 
+    if dtype not in STORAGE_DTYPES:
+        raise CheckpointError(f"unknown storage dtype {dtype!r} (expected one of {', '.join(STORAGE_DTYPES)})")
     state, dle_config, info = load_checkpoint(src)
     found, cfg, params, extras = import_state_dict(state, dle_config, kind=kind, source=str(src))
-    return save_model(out, found, dataclasses.asdict(cfg), params,
-                      source={**info, "parameters": extras.pop("parameters")}, extras=extras)
+    if dtype != "float32":
+        import ml_dtypes  # numpy has no bfloat16 of its own; jax depends on ml_dtypes
+
+        np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+        params = {k: np.asarray(v).astype(np_dtype) for k, v in params.items()}
+    meta_source = {**info, "parameters": extras.pop("parameters"), "stored_dtype": dtype, **(source or {})}
+    return save_model(out, found, dataclasses.asdict(cfg), params, source=meta_source, extras=extras)
 
 
 def export_state_dict(model_dir: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 A model directory holds
   model.json  -- {"format": 1, "kind": "tacotron2"|"waveglow", "config": {...}, "source": {...}, "extras": {...}}
-  params/     -- an Orbax checkpoint of a flat {"a/b/c": float32 array} dict in jtts' own parameter names
+  params/     -- an Orbax checkpoint of a flat {"a/b/c": array} dict in jtts' own parameter names, float32
+                 (or float16/bfloat16 when converted with --dtype; loading upcasts to float32)
 
 model.json is written last, inside a temporary sibling directory that is renamed into place, so a directory
 that has a model.json is complete: a killed conversion leaves no directory that looks like a model.
@@ -85,7 +86,13 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[s
         tree = _checkpointer().restore(Path(path).absolute() / PARAMS_DIR)
     except Exception as e:  # orbax raises a variety of types for missing/corrupt files
         raise ModelDirError(f"{Path(path) / PARAMS_DIR}: cannot read parameters ({type(e).__name__}: {e})") from None
-    return meta, {k.replace(".", "/"): np.asarray(v) for k, v in tree.items()}
+    # Weights may be stored in float16/bfloat16 (`jtts convert --dtype`); models always get float32 parameters.
+    return meta, {k.replace(".", "/"): _as_float32(v) for k, v in tree.items()}
+
+
+def _as_float32(value) -> np.ndarray:
+    value = np.asarray(value)
+    return value.astype(np.float32) if value.dtype.kind == "f" or value.dtype.name == "bfloat16" else value
 
 
 def flat_state(module, variable_type=None) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""The README's commands, run as written (so the page cannot rot): the main job against a local mirror of
+NGC serving small checkpoints, the conversion commands, the Python API block, and the test command CI runs."""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import jtts.cli as cli
+from small_tts import TACO_PATH, WG_PATH, FileServer, small_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str = "") -> list[str]:
+    return [m.group(2) for m in re.finditer(r"```(\w*)\n(.*?)```", README, re.S) if m.group(1) == lang]
+
+
+def shell_lines(block: str) -> list[list[str]]:
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    # gate bias +10: the decoder stops at its first step, so the main job runs in seconds on CPU
+    return small_checkpoints(tmp_path_factory.mktemp("readme_ckpt"), gate_bias=10.0)
+
+
+def test_main_job_command(checkpoints, tmp_path):
+    main_job = next(b for b in blocks() if "jtts synthesize" in b).strip()
+    steps = [shlex.split(s) for s in main_job.split("&&")]
+    assert steps[0][:3] == ["python3", "-m", "venv"] and "torch==2.13.0" in steps[1], main_job
+    synth = steps[-1]
+    assert synth[0] == ".venv/bin/jtts" and synth[1] == "synthesize", synth
+    taco, wg = checkpoints
+    server = FileServer({TACO_PATH: taco.read_bytes(), WG_PATH: wg.read_bytes()})
+    try:
+        env = dict(os.environ, JTTS_HOME=str(tmp_path / "cache"), JTTS_BASE_URL=server.url)
+        # the installed entry point of the environment running the tests stands in for .venv/bin/jtts
+        res = subprocess.run([sys.executable, "-m", "jtts", *synth[1:]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    finally:
+        server.close()
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / synth[synth.index("-o") + 1]
+    audio, rate = sf.read(out)
+    assert rate == 22050 and len(audio) == 256 and np.abs(audio).max() > 0
+    assert (tmp_path / "cache" / "models" / "tacotron2" / "model.json").is_file()
+    assert "real-time factor" in res.stderr
+
+
+def test_test_command_is_what_ci_runs():
+    cmd = next(b for b in blocks() if "tests/run.sh" in b).strip()
+    assert cmd == "tests/run.sh"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^exec tests/run\.sh\s*$", ci, re.M), ci
+
+
+def test_conversion_commands_and_python_api(tmp_path, monkeypatch, capsys):
+    # a decoder that never stops by itself: the API block's infer runs its full 2000 default steps
+    taco, wg = small_checkpoints(tmp_path / "ckpt", gate_bias=-10.0)
+    convert_block = next(b for b in blocks() if "jtts convert" in b)
+    lines = shell_lines(convert_block)
+    # NGC's file names in the README stand for the small checkpoints here
+    shutil.copy(taco, tmp_path / "nvidia_tacotron2pyt_fp16.pt")
+    shutil.copy(wg, tmp_path / "nvidia_waveglow256pyt_fp16.pt")
+    monkeypatch.chdir(tmp_path)
+    for argv in lines:
+        assert argv[0] == "jtts", argv
+        assert cli.main(argv[1:]) == 0, argv
+    out = capsys.readouterr().out
+    assert "waveglow" in out and "parameters" in out
+    assert (tmp_path / "waveglow.pt").is_file() and (tmp_path / "models" / "tacotron2" / "model.json").is_file()
+
+    (api,) = blocks("python")
+    scope: dict = {}
+    exec(compile(api, "README.md", "exec"), scope)
+    audio = np.asarray(scope["audio"])
+    assert audio.shape == (1, 2000 * 256) and np.isfinite(audio).all() and np.abs(audio).max() > 0
