@@ -257,6 +257,9 @@ def _synthesize(args) -> int:
     from jtts.audio import save_wav
     from jtts.pipeline import iter_synthesize
 
+    from jtts.hub import enable_compilation_cache
+
+    enable_compilation_cache()
     t0 = time.perf_counter()
     dtype = jnp.dtype(args.dtype)
     missing = [k for k in ("tacotron2", "waveglow") if not getattr(args, k)]

@@ -84,3 +84,29 @@ def test_conversion_commands_and_python_api(tmp_path, monkeypatch, capsys):
     exec(compile(api, "README.md", "exec"), scope)
     audio = np.asarray(scope["audio"])
     assert audio.shape == (1, 2000 * 256) and np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+def test_synthesize_examples(checkpoints, tmp_path):
+    block = next(b for b in blocks() if "jtts synthesize -i" in b)
+    taco, wg = checkpoints
+    # what the examples name: a text file, a list on stdin, a converted Tacotron 2 and a WaveGlow .pt
+    (tmp_path / "chapter.txt").write_text("First line.\nSecond line, with more words.\n")
+    (tmp_path / "lines.txt").write_text("One.\nTwo.\nThree.\n")
+    from jtts.convert import convert
+
+    convert(taco, tmp_path / "models" / "tacotron2")
+    shutil.copy(wg, tmp_path / "waveglow.pt")
+    server = FileServer({TACO_PATH: taco.read_bytes(), WG_PATH: wg.read_bytes()})
+    env = dict(os.environ, JTTS_HOME=str(tmp_path / "cache"), JTTS_BASE_URL=server.url,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    try:
+        for line in block.splitlines():
+            cmd = line.split("#")[0].strip()
+            if not cmd:
+                continue
+            res = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+            assert res.returncode == 0, (cmd, res.stderr)
+    finally:
+        server.close()
+    assert sf.info(tmp_path / "out.wav").samplerate == 22050 and sf.info(tmp_path / "own.wav").frames > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0001.wav", "0002.wav", "0003.wav", "manifest.tsv"]

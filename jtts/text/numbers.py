@@ -13,11 +13,17 @@ Several readings are odd but are what the model heard in training, so they are k
 """
 from __future__ import annotations
 
+import functools
 import re
 
-import inflect
 
-_engine = inflect.engine()
+@functools.cache
+def _inflect():
+    # Deferred: importing inflect takes ~1.4 s (typeguard instruments it), a fifth of a short `jtts synthesize`,
+    # and most sentences hold no digit.
+    import inflect
+
+    return inflect.engine()
 
 # ASCII digits only: the cleaners transliterate first, and '\d' would also match other scripts.
 _COMMA_NUMBER = re.compile(r"[0-9][0-9,]+[0-9]")
@@ -51,26 +57,28 @@ def _dollars(m: re.Match) -> str:
 
 def _ordinal(m: re.Match) -> str:
     # inflect reads a numeral with an ordinal suffix as the ordinal word ("21st" -> "twenty-first").
-    return _engine.number_to_words(m.group(0))
+    return _inflect().number_to_words(m.group(0))
 
 
 def _integer(m: re.Match) -> str:
     n = int(m.group(0))
     if not 1000 < n < 3000:
-        return _engine.number_to_words(n, andword="")
+        return _inflect().number_to_words(n, andword="")
     # Year-style readings.
     if n == 2000:
         return "two thousand"
     if 2000 < n < 2010:
-        return "two thousand " + _engine.number_to_words(n % 100)
+        return "two thousand " + _inflect().number_to_words(n % 100)
     if n % 100 == 0:
-        return _engine.number_to_words(n // 100) + " hundred"
+        return _inflect().number_to_words(n // 100) + " hundred"
     # group=2 reads digit pairs ("19 99"), zero="oh" gives "nineteen oh five" for 1905.
-    return _engine.number_to_words(n, andword="", zero="oh", group=2).replace(", ", " ")
+    return _inflect().number_to_words(n, andword="", zero="oh", group=2).replace(", ", " ")
 
 
 def normalize_numbers(text: str) -> str:
     """Replace digits in `text` by words (currency, decimals, ordinals, years, plain integers)."""
+    if not _INTEGER.search(text):
+        return text  # every rule below needs a digit
     text = _COMMA_NUMBER.sub(lambda m: m.group(0).replace(",", ""), text)
     # Dead in english_cleaners, whose transliteration deletes '£' first; kept for direct callers.
     text = _POUNDS.sub(r"\1 pounds", text)
