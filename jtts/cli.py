@@ -1,4 +1,5 @@
-"""The `jtts` command: `jtts synthesize`, `jtts convert`, `jtts export`, `jtts info`.
+"""The `jtts` command: `jtts synthesize`, `jtts convert`, `jtts export`, `jtts info`, and from `jtts.train`
+`jtts preprocess` and `jtts train`.
 
 Exit status: 0 success, 2 usage error (bad option, conflicting inputs), 1 anything else (bad text, missing
 or damaged model, download failure, unwritable output). Every error is one line on stderr naming its cause.
@@ -382,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a converted model's kind, size, source and config")
     i.add_argument("model_dir")
     i.set_defaults(func=_info)
+
+    from jtts.train.cli import add_parser as add_train_parser
+    from jtts.train.preprocess import add_preprocess_parser
+
+    add_preprocess_parser(sub)
+    add_train_parser(sub)
     return p
 
 

@@ -110,3 +110,37 @@ def test_synthesize_examples(checkpoints, tmp_path):
         server.close()
     assert sf.info(tmp_path / "out.wav").samplerate == 22050 and sf.info(tmp_path / "own.wav").frames > 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0001.wav", "0002.wav", "0003.wav", "manifest.tsv"]
+
+
+def test_training_commands(tmp_path, monkeypatch, capsys):
+    """The README's training block on a tiny LJSpeech-layout set: each line as written, with overrides appended
+    (argparse keeps the last value) that shrink the model and the number of steps."""
+    import torch
+
+    from jtts.convert import convert
+    from reference.waveglow_torch import waveglow_small_config
+    from reference.weights import live_waveglow, save_dle_checkpoint
+    from test_train_data import write_ljspeech
+
+    block = next(b for b in blocks() if "jtts train" in b)
+    write_ljspeech(tmp_path / "LJSpeech-1.1")
+    wcfg = waveglow_small_config()
+    torch.manual_seed(0)
+    save_dle_checkpoint(tmp_path / "nvidia_waveglow256pyt_fp16.pt", live_waveglow(wcfg, seed=5), wcfg)
+    convert(tmp_path / "nvidia_waveglow256pyt_fp16.pt", tmp_path / "models" / "waveglow")
+    monkeypatch.chdir(tmp_path)
+    quick = ["--no-progress", "--batch-size", "2", "--log-every", "1", "--ckpt-every", "1"]
+    for argv in shell_lines(block):
+        assert argv[0] == "jtts", argv
+        if argv[1] == "train" and argv[2] == "tacotron2":
+            argv += quick + ["--config", "small", "--buckets", "1", "--val-every", "2",
+                             "--steps", "3" if "--resume" in argv else "2"]
+        elif argv[1] == "train":
+            argv += quick + ["--steps", "1", "--segment-length", "2048"]
+        assert cli.main(argv[1:]) == 0, (argv, capsys.readouterr().err)
+    from jtts.train.loop import read_log
+
+    steps = [e["step"] for e in read_log(tmp_path / "runs" / "taco") if e["event"] == "train"]
+    assert steps == [1, 2, 3], steps  # two steps, then the resumed third
+    assert (tmp_path / "runs" / "wg-ft" / "model" / "model.json").is_file()
+    assert list((tmp_path / "runs" / "taco" / "val").glob("*.png"))

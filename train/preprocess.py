@@ -1,0 +1,199 @@
+"""`jtts preprocess`: every training mel computed once into a cache (DLE's --load-mel-from-disk).
+
+Cache layout: OUT/mels/NAME.npy, one (80, frames) float32 log-mel per utterance, and OUT/manifest.json
+(format, mel settings, and per utterance: mel file, source audio, text, token ids, samples at 22050 Hz,
+the FILE:LINE it came from). Audio paths are absolute so WaveGlow batches can still read the clips;
+mel paths are relative so the cache can be moved.
+
+A cache is complete exactly when its manifest exists. Each mel is written under a temporary name and
+renamed; an old manifest is deleted before anything is overwritten and the new one is renamed into place
+last, so a killed run never leaves a directory that `load_cache` takes for complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from jtts.train.datasets import (CACHE_FORMAT, CACHE_VERSION, DEFAULT_CLEANERS, MANIFEST, MEL_PARAMS, DataError,
+                                 Dataset, Report, _stderr, load_cache, load_dataset, mels_from_prepadded,
+                                 padded_samples, prepad, read_audio)
+
+__all__ = ["preprocess", "add_preprocess_parser", "run_preprocess"]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens directories
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write: Callable) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # a renamed file must not turn out empty after a crash
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _bounded_map(pool, fn, items, window: int):
+    """pool.map without submitting everything at once (which would hold a whole corpus of audio)."""
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _names(dataset: Dataset) -> list[str]:
+    names, seen = [], set()
+    for i, u in enumerate(dataset):
+        name = Path(u.audio).stem
+        if name in seen:  # same file name in two folders of a filelist
+            name = f"{name}-{i}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds: float | None = None,
+               cleaners=DEFAULT_CLEANERS, batch_size: int = 8, frame_step: int = 64, read_threads: int = 2,
+               report: Report | None = None, progress: Callable[[int, int], None] | None = None) -> Dataset:
+    """Mels of every usable utterance of `data` (LJSpeech directory, filelist or Dataset) into `out_dir`;
+    returns the cache as a Dataset. Bad entries, including audio whose body turns out unreadable, are
+    reported and skipped or fatal per `on_error`.
+
+    Mels are computed `batch_size` at a time with clips zero-padded to a multiple of `frame_step` frames,
+    so `jtts.audio.mel_spectrogram` compiles once per multiple, not once per clip length; the values are
+    those of each clip on its own (see `jtts.train.datasets.prepad`)."""
+    report = _stderr if report is None else report
+    dataset = load_dataset(data, root=root, on_error=on_error, max_seconds=max_seconds, cleaners=cleaners,
+                           report=report)
+    if dataset.cached:
+        raise DataError(f"{dataset.origin} is already a mel cache")
+    out = Path(out_dir)
+    mel_dir = out / "mels"
+    mel_dir.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for leftover in mel_dir.glob(".*.tmp"):  # from a killed run
+        leftover.unlink(missing_ok=True)
+
+    names = _names(dataset)
+    order = sorted(range(len(dataset)), key=lambda i: dataset[i].frames)
+    problems = list(dataset.problems)
+    done: dict[int, str] = {}
+
+    def read(i):
+        try:
+            return i, read_audio(dataset[i]), None
+        except DataError as e:
+            return i, None, e
+
+    def flush(group, frames):
+        x = np.zeros((batch_size, padded_samples(frames)), np.float32)
+        lengths = np.ones(batch_size, np.int64)
+        for r, (i, audio) in enumerate(group):
+            x[r] = prepad(audio, frames)
+            lengths[r] = dataset[i].frames
+        mels = mels_from_prepadded(x, lengths, frames)
+        for r, (i, _) in enumerate(group):
+            rel = f"mels/{names[i]}.npy"
+            mel = np.ascontiguousarray(mels[r, :, :dataset[i].frames])
+            _write_atomic(out / rel, lambda f, m=mel: np.save(f, m, allow_pickle=False))
+            done[i] = rel
+        if progress is not None:
+            progress(len(done), len(dataset))
+
+    group, group_frames = [], None
+    with ThreadPoolExecutor(max(1, read_threads)) as pool:
+        for i, audio, err in _bounded_map(pool, read, order, window=4 * batch_size):
+            if err is not None:
+                problems.append(str(err))
+                report(problems[-1])
+                if on_error == "fail":
+                    raise err
+                continue
+            frames = -(-dataset[i].frames // frame_step) * frame_step
+            if group and (frames != group_frames or len(group) == batch_size):
+                flush(group, group_frames)
+                group = []
+            group.append((i, audio))
+            group_frames = frames
+        if group:
+            flush(group, group_frames)
+
+    if not done:
+        raise DataError(f"no usable utterances in {dataset.origin} ({len(problems)} bad entries skipped)", problems)
+    entries = [{"mel": done[i], "audio": u.audio, "text": u.text, "tokens": list(u.tokens), "samples": u.samples,
+                "frames": u.frames, "source": u.source} for i, u in enumerate(dataset) if i in done]
+    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "mel": MEL_PARAMS, "origin": dataset.origin,
+                "problems": problems, "utterances": entries}
+    _fsync_dir(mel_dir)
+    _write_atomic(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    _fsync_dir(out)
+    return load_cache(out)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+
+def add_preprocess_parser(subparsers):
+    """Register `preprocess` on an argparse subparsers object; its handler (args.func) returns an exit code."""
+    p = subparsers.add_parser(
+        "preprocess", help="compute training mels once into a cache (DLE's --load-mel-from-disk)",
+        description="Read an LJSpeech directory or a DLE filelist, report bad entries as FILE:LINE: reason, and "
+                    "write one log-mel .npy per utterance plus manifest.json (written last: a cache without it "
+                    "is incomplete). Audio at any sample rate is resampled to 22050 Hz; stereo becomes mono.")
+    p.add_argument("dataset", help="LJSpeech directory (metadata.csv + wavs/) or DLE filelist (path|text lines)")
+    p.add_argument("-o", "--output", required=True, help="cache directory to write")
+    p.add_argument("--dataset-path", help="directory the filelist's paths are relative to "
+                                          "(default: the current directory, as DLE)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="bad entries (missing or unreadable audio, nothing speakable, too long): skip them "
+                        "(default) or stop with an error")
+    p.add_argument("--max-seconds", type=float, help="treat clips longer than this as bad entries")
+    p.add_argument("--text-cleaners", nargs="+", default=list(DEFAULT_CLEANERS),
+                   help="jtts.text cleaners (default: english_cleaners, as DLE)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (bad entries still shown)")
+    p.set_defaults(func=run_preprocess)
+    return p
+
+
+def run_preprocess(args) -> int:
+    shown = [0]
+
+    def progress(done, total):
+        if done == total or done - shown[0] >= 500:
+            shown[0] = done
+            print(f"{done}/{total} mels", file=sys.stderr, flush=True)
+
+    try:
+        cache = preprocess(args.dataset, args.output, root=args.dataset_path, on_error=args.on_error,
+                           max_seconds=args.max_seconds, cleaners=args.text_cleaners,
+                           progress=None if args.quiet else progress)
+    except DataError as e:
+        # The FILE:LINE lines were reported as found; the summary line is enough here.
+        print(f"jtts preprocess: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        skipped = f", {len(cache.problems)} bad entries skipped" if cache.problems else ""
+        print(f"wrote {len(cache)} mels to {args.output}{skipped}")
+    return 0
