@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +75,8 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, np.ndarray], 
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, "config": config}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from jtts.files import atomic_write
+
+    with atomic_write(path) as f:
+        torch.save(payload, f)
     return path

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jtts.files import atomic_write
 
 SAMPLE_RATE = 22050
 N_FFT = 1024
@@ -184,20 +185,5 @@ def save_wav(path, audio, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16
     if not np.isfinite(audio).all():
         raise ValueError(f"audio for {path} contains NaN or infinite samples")
     audio = np.clip(audio, -1.0, 1.0)
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-    # os.open rather than tempfile: the mode 0o666 lets the umask decide the final permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, audio, sample_rate, subtype=subtype, format="WAV")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        sf.write(f, audio, sample_rate, subtype=subtype, format="WAV")

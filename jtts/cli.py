@@ -188,14 +188,10 @@ def _load(path: str, kind: str, dtype):
 def _save_npy(path: Path, array) -> None:
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from jtts.files import atomic_write
+
+    with atomic_write(path) as f:
+        np.save(f, array)
 
 
 def _cut_warning(utt, where: str, max_steps: int) -> str:
@@ -323,9 +319,10 @@ def _write_manifest(path: Path, rows) -> None:
     lines = ["file\tsource\tseconds\tsentences\thit_max_steps\ttext"]
     for name, where, seconds, n, cut, text in rows:
         lines.append(f"{name}\t{where}\t{seconds:.3f}\t{n}\t{str(cut).lower()}\t{' '.join(text.split())}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from jtts.files import atomic_write
+
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 # -- parser ---------------------------------------------------------------------------------------------------

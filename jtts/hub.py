@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from jtts.files import atomic_write
+
 NGC_BASE_URL = "https://api.ngc.nvidia.com/v2/models/"
 KINDS = ("tacotron2", "waveglow")
 CHUNK = 1 << 20
@@ -110,9 +112,8 @@ def sha256_file(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _is_loopback(url: str) -> bool:

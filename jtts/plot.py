@@ -6,10 +6,9 @@ canvas directly, so no GUI backend or pyplot global state is involved.
 """
 from __future__ import annotations
 
-import os
-import secrets
-
 import numpy as np
+
+from jtts.files import atomic_write
 
 
 def plot_utterance(path, mel: np.ndarray, alignments: list[np.ndarray], title: str = "", dpi: int = 100) -> None:
@@ -44,13 +43,5 @@ def plot_utterance(path, mel: np.ndarray, alignments: list[np.ndarray], title: s
     if last is not None:
         fig.colorbar(last, ax=bottom, label="attention weight", pad=0.01)
 
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")

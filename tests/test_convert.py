@@ -1,7 +1,6 @@
 """`jtts convert` / `jtts export`: every checkpoint layout NVIDIA ships, both weight-norm spellings, the round
 trip back into the PyTorch model, and every way a file can be wrong."""
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Training data: LJSpeech and DLE filelist reading, bad-data reports, the mel cache, bucketed Tacotron 2
 batches, WaveGlow segments, determinism and exact resume. Small synthetic WAVs written to tmp dirs."""
 import argparse
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -166,15 +167,17 @@ def test_killed_preprocess_is_not_a_cache(lj, tmp_path, monkeypatch, over_old_ca
     if over_old_cache:
         P.preprocess(lj, out, frame_step=16, report=_fail_on_report)
     calls = []
-    real = P._write_atomic
+    real = P.atomic_write
 
-    def dies_after_three(path, write):
+    @contextlib.contextmanager
+    def dies_after_three(path, mode="wb"):
         calls.append(path)
         if len(calls) > 3:
             raise KeyboardInterrupt  # as if killed mid-run
-        real(path, write)
+        with real(path, mode) as f:
+            yield f
 
-    monkeypatch.setattr(P, "_write_atomic", dies_after_three)
+    monkeypatch.setattr(P, "atomic_write", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         P.preprocess(lj, out, frame_step=16, report=_fail_on_report)
     assert len(list((out / "mels").glob("*.npy"))) == (len(CLIPS) if over_old_cache else 3)  # mels are there...

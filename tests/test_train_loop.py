@@ -91,12 +91,8 @@ def test_validation_writes_pictures_and_logs(trainer, tmp_path):
     train_events = [e for e in log if e["event"] == "train"]
     assert {"loss", "lr", "grad_norm", "steps_per_s", "mels_per_s"} <= set(train_events[-1])
     assert [e["step"] for e in log if e["event"] == "val"] == [2]
-    tb = list((tmp_path / "tb").glob("events.out.tfevents.*")) if (tmp_path / "tb").exists() else None
-    try:
-        import tensorboardX  # noqa: F401
-        assert tb, "tensorboardX is installed: event files expected"
-    except ImportError:
-        pass
+    # tensorboardX is in the test extra, so the TensorBoard path runs in CI
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "TensorBoard event files expected"
 
 
 def test_trained_model_directory_loads(trainer, tmp_path):

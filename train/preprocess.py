@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jtts.files import atomic_write
 from jtts.train.datasets import (CACHE_FORMAT, CACHE_VERSION, DEFAULT_CLEANERS, MANIFEST, MEL_PARAMS, DataError,
                                  Dataset, Report, _stderr, load_cache, load_dataset, mels_from_prepadded,
                                  padded_samples, prepad, read_audio)
@@ -38,19 +38,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_atomic(path: Path, write: Callable) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # a renamed file must not turn out empty after a crash
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _bounded_map(pool, fn, items, window: int):
@@ -118,7 +105,8 @@ def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds:
         for r, (i, _) in enumerate(group):
             rel = f"mels/{names[i]}.npy"
             mel = np.ascontiguousarray(mels[r, :, :dataset[i].frames])
-            _write_atomic(out / rel, lambda f, m=mel: np.save(f, m, allow_pickle=False))
+            with atomic_write(out / rel) as f:
+                np.save(f, mel, allow_pickle=False)
             done[i] = rel
         if progress is not None:
             progress(len(done), len(dataset))
@@ -148,7 +136,8 @@ def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds:
     manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "mel": MEL_PARAMS, "origin": dataset.origin,
                 "problems": problems, "utterances": entries}
     _fsync_dir(mel_dir)
-    _write_atomic(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    with atomic_write(out / MANIFEST, "w") as f:
+        f.write(json.dumps(manifest, indent=1))
     _fsync_dir(out)
     return load_cache(out)
 
