@@ -15,7 +15,6 @@ from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
-SAMPLE_RATE = 22050
 
 
 class UsageError(ValueError):
@@ -251,7 +250,7 @@ def _synthesize(args) -> int:
     import jax.numpy as jnp
 
     from jtts import Denoiser
-    from jtts.audio import save_wav
+    from jtts.audio import SAMPLE_RATE, save_wav
     from jtts.pipeline import iter_synthesize
 
     from jtts.hub import enable_compilation_cache

@@ -29,12 +29,17 @@ class Denoiser:
 
     def __call__(self, audio, strength: float = 0.01) -> jax.Array:
         """audio (B, T) -> denoised float32 audio (B, T rounded down to a multiple of the hop: DLE's length,
-        T itself for WaveGlow's output)."""
+        T itself for WaveGlow's output). Audio shorter than one STFT window (a sentence of a few frames), which
+        DLE's reflect padding cannot take, is zero-padded to a window and cut back to T."""
         audio = jnp.asarray(audio, F32)
         if audio.ndim != 2:
             raise ValueError(f"audio must be (batch, samples), got shape {audio.shape}")
-        return _denoise(audio, self.bias_spec, jnp.asarray(strength, F32), self.filter_length, self.hop_length,
-                        self.win_length)
+        t = audio.shape[1]
+        if t < self.filter_length:
+            audio = jnp.pad(audio, ((0, 0), (0, self.filter_length - t)))
+        out = _denoise(audio, self.bias_spec, jnp.asarray(strength, F32), self.filter_length, self.hop_length,
+                       self.win_length)
+        return out[:, :t] if t < self.filter_length else out
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))

@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
+from jtts.audio import SAMPLE_RATE
 from jtts.sentences import MAX_CHARS, NothingToSpeak, Prepared, prepare
 
-SAMPLE_RATE = 22050
-HOP = 256
 STAGES = ("text", "tacotron2", "waveglow", "denoiser")
-_MIN_DENOISE = 1024  # the denoiser's STFT needs more than n_fft / 2 samples; shorter audio is zero-padded
 
 
 @dataclass
@@ -134,10 +132,7 @@ def _run_batch(batch, utts, tacotron2, waveglow, denoiser, root, sigma, denoise,
         t2 = time.perf_counter()
         clock["waveglow"] += t2 - t1
         if denoiser is not None and denoise > 0:
-            samples = audio.shape[1]
-            if samples < _MIN_DENOISE:
-                audio = np.pad(audio, ((0, 0), (0, _MIN_DENOISE - samples)))
-            audio = np.asarray(denoiser(audio, strength=denoise))[:, :samples]
+            audio = np.asarray(denoiser(audio, strength=denoise))
             clock["denoiser"] += time.perf_counter() - t2
         out.append((audio[0].astype(np.float32), mel[r, :, :n], align[r, :n, :lengths[r]],
                     int(mel_lengths[r]) >= max_steps))
