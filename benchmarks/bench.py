@@ -92,7 +92,10 @@ class Setup:
             r = live_waveglow(cfg, seed=0)
             save_hub_checkpoint(tmp / f"w{ch}.pt", r, cfg)
             self.wg_dirs[ch] = convert(tmp / f"w{ch}.pt", tmp / f"w{ch}")
-            self.wg[ch] = {d: WaveGlow.from_checkpoint(self.wg_dirs[ch], dtype=jnp.dtype(d)) for d in dtypes}
+            model = WaveGlow.from_checkpoint(self.wg_dirs[ch])
+            # folded inference weights per compute dtype; the parameters themselves are not needed after this
+            self.wg[ch] = {d: model.inference(jnp.dtype(d)) for d in dtypes}
+            del model
             self.ref_wg[ch] = r.to(device).eval()
         self.denoiser = {d: Denoiser(self.wg[256][d]) for d in dtypes}
         with torch.no_grad():
@@ -276,7 +279,7 @@ def _peak_memory_child(which: str, tmp: str, steps: int, dtype: str) -> None:
         from jtts import Denoiser, Tacotron2, WaveGlow
 
         dt = jnp.dtype(dtype)
-        taco, wg = Tacotron2.from_checkpoint(tmp / "t", dtype=dt), WaveGlow.from_checkpoint(tmp / "w256", dtype=dt)
+        taco, wg = Tacotron2.from_checkpoint(tmp / "t", dtype=dt), WaveGlow.from_checkpoint(tmp / "w256").inference(dt)
         den = Denoiser(wg)
         loaded = high_water_mb()
         mel = taco.infer(tokens, np.array([128]), key=jax.random.key(0), max_decoder_steps=steps,

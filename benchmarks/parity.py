@@ -133,12 +133,15 @@ def waveglow_rows(tmp: Path, dle) -> list[tuple]:
 
     def ours_for(m):
         oz, olog_s, olog_det = m(mel.numpy(), audio.numpy())
-        a09 = m.infer(mel.numpy(), sigma=0.9, z=z.numpy())
-        return {"audio, given z, sigma 0.9": a09, "audio, given z, sigma 0": m.infer(mel.numpy(), sigma=0.0, z=z.numpy()),
+        vocoder = m.inference()
+        a09 = vocoder.infer(mel.numpy(), sigma=0.9, z=z.numpy())
+        return {"audio, given z, sigma 0.9": a09,
+                "audio, given z, sigma 0": vocoder.infer(mel.numpy(), sigma=0.0, z=z.numpy()),
                 "training z": oz, "training log_s (all flows)": np.concatenate([np.ravel(s) for s in olog_s]),
                 "training log-det W": np.array([float(x) for x in olog_det]),
                 "NLL loss": waveglow_loss(oz, olog_s, olog_det),
-                "denoised audio (0.01)": Denoiser(m)(np.asarray(refs["audio, given z, sigma 0.9"]), strength=0.01)}
+                "denoised audio (0.01)": Denoiser(vocoder)(np.asarray(refs["audio, given z, sigma 0.9"]),
+                                                           strength=0.01)}
 
     ours = {d: ours_for(m) for d, m in models.items()}
     dle_vals = {}

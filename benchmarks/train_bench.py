@@ -25,16 +25,13 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 
 def _jtts_model(ref, kind):
-    from flax import nnx
-
+    from jtts import models
     from jtts.checkpoint import assign
     from jtts.convert import import_state_dict
-    from jtts.tacotron2 import Tacotron2
-    from jtts.waveglow import WaveGlow
 
     state = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
     _, cfg, params, _ = import_state_dict(state, ref.config, kind=kind)
-    model = nnx.eval_shape(lambda: (Tacotron2 if kind == "tacotron2" else WaveGlow)(cfg, rngs=nnx.Rngs(0)))
+    model = models.build(kind, cfg, abstract=True)
     assign(model, params)
     return model
 
@@ -122,9 +119,24 @@ def bench(kind, *, quick, steps, dtype, batch_size):
         t0 = time.perf_counter()
         torch_step()
         tt.append(time.perf_counter() - t0)
+    # The loop's host syncs: reading every step's metrics back (the old loop) against reading them once per
+    # log_every steps (jtts.train.loop now). Same steps, run back to back; total wall time per step.
+    synced = {}
+    for every in (1, 10):
+        time.sleep(0.5)
+        t0, pending = time.perf_counter(), []
+        for i in range(2 * steps):
+            state, m = trainer.train_step(state, sharded, jax.random.key(100 + i))
+            pending.append(m)
+            if (i + 1) % every == 0:
+                jax.device_get(pending)
+                pending = []
+        jax.device_get(pending)
+        jax.block_until_ready(state)
+        synced[every] = (time.perf_counter() - t0) / (2 * steps)
     j, t = statistics.median(jt), statistics.median(tt)
-    unit = "mel frames" if kind == "tacotron2" else "samples"
-    return dict(kind=kind, batch=batch_size, shape={k: list(v.shape) for k, v in batch.items()}, unit=unit,
+    unit = trainer.task.unit
+    return dict(sync_every_step_s=synced[1], sync_every_10_s=synced[10], kind=kind, batch=batch_size, shape={k: list(v.shape) for k, v in batch.items()}, unit=unit,
                 compile_s=compile_s, jtts_s=j, torch_s=t, jtts_items=items / j, torch_items=items / t,
                 ratio=t / j, threads=torch.get_num_threads())
 
@@ -146,14 +158,15 @@ def main(argv=None):
     print(f"# {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"{'quick (small models)' if args.quick else 'NGC-size models'}, median of {steps} steps\n")
     print("| model | batch | jtts s/step | torch s/step | jtts steps/s | jtts items/s | torch items/s | "
-          "ratio | jtts first step (compiles) s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ratio | jtts first step (compiles) s | loop s/step, read back every step / every 10 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for kind in args.models:
         bs = args.batch_size or (4 if kind == "tacotron2" else 2)
         r = bench(kind, quick=args.quick, steps=steps, dtype=args.dtype, batch_size=bs)
         print(f"| {kind} | {bs} | {r['jtts_s']:.3f} | {r['torch_s']:.3f} | {1 / r['jtts_s']:.2f} | "
               f"{r['jtts_items']:,.0f} {r['unit']} | {r['torch_items']:,.0f} {r['unit']} | {r['ratio']:.2f}x | "
-              f"{r['compile_s']:.1f} |", flush=True)
+              f"{r['compile_s']:.1f} | {r['sync_every_step_s']:.4f} / {r['sync_every_10_s']:.4f} "
+              f"({r['sync_every_step_s'] / r['sync_every_10_s']:.2f}x) |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     convert("nvidia_tacotron2pyt_fp16.pt", "models/tacotron2")     # kind detected from the keys
     export("models/tacotron2", "tacotron2_state.pt")                 # loads into DLE's model with strict=True
 
-Each model's PyTorch name mapping is one table (`tacotron2.table`, `waveglow.table`) used both ways.
+Each model's PyTorch name mapping is one table (`tacotron2.table`, `waveglow.table`) used both ways; which
+module serves which kind is `jtts.models.REGISTRY`'s `names`.
 """
 from __future__ import annotations
 
@@ -15,44 +16,32 @@ from typing import Any
 
 import numpy as np
 
+from jtts.models import KINDS, REGISTRY
+
 from .tables import CheckpointError, to_jtts, to_torch
 
 __all__ = ["convert", "export", "detect_kind", "CheckpointError", "KINDS"]
 
-KINDS = ("tacotron2", "waveglow")
-
-
-def _spec(kind: str):
-    """-> (converter module, model class, config class) for a model kind."""
-    if kind == "tacotron2":
-        from jtts.tacotron2 import Tacotron2, Tacotron2Config
-
-        from . import tacotron2 as mod
-        return mod, Tacotron2, Tacotron2Config
-    if kind == "waveglow":
-        from jtts.waveglow import WaveGlow, WaveGlowConfig
-
-        from . import waveglow as mod
-        return mod, WaveGlow, WaveGlowConfig
-    raise CheckpointError(f"unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
-
 
 def detect_kind(state: dict[str, Any], source: str) -> str:
-    if "embedding.weight" in state or any(k.startswith("decoder.") for k in state):
-        return "tacotron2"
-    if "upsample.weight" in state or any(k.startswith("WN.") for k in state):
-        return "waveglow"
+    """The kind whose name table claims the state_dict: a key equal to, or starting with, one of its
+    SIGNATURES (a prefix only that model's keys have)."""
+    for kind, entry in REGISTRY.items():
+        sig = entry.names_module.SIGNATURES
+        if any(k == s or k.startswith(s) for k in state for s in sig):
+            return kind
     sample = ", ".join(sorted(state)[:4])
-    raise CheckpointError(f"{source}: neither a Tacotron 2 nor a WaveGlow state_dict (keys: {sample}, ...)")
+    raise CheckpointError(f"{source}: not a state_dict of any known model ({', '.join(KINDS)}; keys: {sample}, ...)")
 
 
-def _shapes(model_cls, cfg) -> tuple[dict[str, tuple[int, ...]], int]:
+def _shapes(kind: str, cfg) -> tuple[dict[str, tuple[int, ...]], int]:
     """-> (shape of every variable of the model built from cfg, number of trainable parameters)."""
     from flax import nnx
 
+    from jtts import models
     from jtts.checkpoint import flat_state
 
-    abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
+    abstract = models.build(kind, cfg, abstract=True)
     shapes = {k: tuple(v.shape) for k, v in flat_state(abstract).items()}
     return shapes, int(sum(np.prod(v.shape) for v in flat_state(abstract, nnx.Param).values()))
 
@@ -70,11 +59,11 @@ def import_state_dict(state: dict[str, np.ndarray], dle_config: dict | None, *, 
     found = detect_kind(state, source)
     if kind is not None and kind != found:
         raise CheckpointError(f"{source}: is a {found} checkpoint, not {kind}")
-    mod, model_cls, _ = _spec(found)
+    mod = REGISTRY[found].names_module
     if hasattr(mod, "prepare_state_dict"):
         state = mod.prepare_state_dict(state)
     cfg = mod.infer_config(state, dle_config, source)
-    shapes, n_params = _shapes(model_cls, cfg)
+    shapes, n_params = _shapes(found, cfg)
     params = to_jtts(state, mod.table(cfg), shapes, source=source, ignore=_is_buffer)
     extras = {"buffers": {k: int(np.asarray(v)) for k, v in state.items() if _is_buffer(k)}, "parameters": n_params}
     return found, cfg, params, extras
@@ -112,9 +101,9 @@ def export_state_dict(model_dir: str | os.PathLike) -> tuple[str, dict[str, np.n
     from jtts.checkpoint import load_model
 
     meta, params = load_model(model_dir)
-    mod, _, cfg_cls = _spec(meta["kind"])
-    cfg = cfg_cls(**meta["config"])
-    state = to_torch(params, mod.table(cfg))
+    entry = REGISTRY[meta["kind"]]
+    cfg = entry.make_config(meta["config"])
+    state = to_torch(params, entry.names_module.table(cfg))
     for key, value in meta.get("extras", {}).get("buffers", {}).items():
         state[key] = np.asarray(value, np.int64)
     return meta["kind"], state, cfg.to_dle()

@@ -11,9 +11,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be converted; the message names the file and the offending keys."""
+from jtts.errors import CheckpointError
 
 
 @dataclass(frozen=True)

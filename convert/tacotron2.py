@@ -10,49 +10,48 @@ from jtts.tacotron2 import Tacotron2Config
 
 from .tables import CONV, LINEAR, SAME, CheckpointError, Rule
 
-KIND = "tacotron2"
-SIGNATURE = "embedding.weight"  # a key only this model has
+SIGNATURES = ("embedding.weight", "decoder.")  # keys (or key prefixes) only this model has
 
 
 def _conv_bn(torch_prefix: str, jtts_prefix: str) -> list[Rule]:
     t, j = torch_prefix, jtts_prefix
-    return [Rule(f"{t}.0.conv.weight", f"{j}/conv/kernel", CONV), Rule(f"{t}.0.conv.bias", f"{j}/conv/bias"),
-            Rule(f"{t}.1.weight", f"{j}/bn/scale"), Rule(f"{t}.1.bias", f"{j}/bn/bias"),
-            Rule(f"{t}.1.running_mean", f"{j}/bn/mean"), Rule(f"{t}.1.running_var", f"{j}/bn/var")]
+    return [Rule(f"{t}.0.conv.weight", f"{j}.conv.kernel", CONV), Rule(f"{t}.0.conv.bias", f"{j}.conv.bias"),
+            Rule(f"{t}.1.weight", f"{j}.bn.scale"), Rule(f"{t}.1.bias", f"{j}.bn.bias"),
+            Rule(f"{t}.1.running_mean", f"{j}.bn.mean"), Rule(f"{t}.1.running_var", f"{j}.bn.var")]
 
 
 def _lstm(t_weights: dict[str, str], jtts_prefix: str) -> list[Rule]:
     """t_weights: torch names of (weight_ih, weight_hh, bias_ih, bias_hh)."""
     j = jtts_prefix
-    return [Rule(t_weights["weight_ih"], f"{j}/ih/kernel", LINEAR), Rule(t_weights["weight_hh"], f"{j}/hh/kernel", LINEAR),
-            Rule(t_weights["bias_ih"], f"{j}/ih/bias"), Rule(t_weights["bias_hh"], f"{j}/hh/bias")]
+    return [Rule(t_weights["weight_ih"], f"{j}.ih.kernel", LINEAR), Rule(t_weights["weight_hh"], f"{j}.hh.kernel", LINEAR),
+            Rule(t_weights["bias_ih"], f"{j}.ih.bias"), Rule(t_weights["bias_hh"], f"{j}.hh.bias")]
 
 
 def table(cfg: Tacotron2Config) -> list[Rule]:
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     att, dec = "decoder.attention_layer", "decoder"
-    rules = [Rule("embedding.weight", "embedding/embedding", SAME)]
+    rules = [Rule("embedding.weight", "embedding.embedding", SAME)]
     for i in range(cfg.encoder_n_convolutions):
-        rules += _conv_bn(f"encoder.convolutions.{i}", f"encoder/convs/{i}")
-    rules += _lstm({n: f"encoder.lstm.{n}_l0" for n in names}, "encoder/lstm_fwd")
-    rules += _lstm({n: f"encoder.lstm.{n}_l0_reverse" for n in names}, "encoder/lstm_bwd")
-    rules += [Rule(f"{dec}.prenet.layers.{i}.linear_layer.weight", f"decoder/prenet/{i}/kernel", LINEAR) for i in (0, 1)]
-    rules += _lstm({n: f"{dec}.attention_rnn.{n}" for n in names}, "decoder/attention_rnn")
+        rules += _conv_bn(f"encoder.convolutions.{i}", f"encoder.convs.{i}")
+    rules += _lstm({n: f"encoder.lstm.{n}_l0" for n in names}, "encoder.lstm_fwd")
+    rules += _lstm({n: f"encoder.lstm.{n}_l0_reverse" for n in names}, "encoder.lstm_bwd")
+    rules += [Rule(f"{dec}.prenet.layers.{i}.linear_layer.weight", f"decoder.prenet.{i}.kernel", LINEAR) for i in (0, 1)]
+    rules += _lstm({n: f"{dec}.attention_rnn.{n}" for n in names}, "decoder.attention_rnn")
     rules += [
-        Rule(f"{att}.query_layer.linear_layer.weight", "decoder/attention/query/kernel", LINEAR),
-        Rule(f"{att}.memory_layer.linear_layer.weight", "decoder/attention/memory/kernel", LINEAR),
-        Rule(f"{att}.v.linear_layer.weight", "decoder/attention/v/kernel", LINEAR),
-        Rule(f"{att}.location_layer.location_conv.conv.weight", "decoder/attention/location_conv/kernel", CONV),
-        Rule(f"{att}.location_layer.location_dense.linear_layer.weight", "decoder/attention/location_dense/kernel",
+        Rule(f"{att}.query_layer.linear_layer.weight", "decoder.attention.query.kernel", LINEAR),
+        Rule(f"{att}.memory_layer.linear_layer.weight", "decoder.attention.memory.kernel", LINEAR),
+        Rule(f"{att}.v.linear_layer.weight", "decoder.attention.v.kernel", LINEAR),
+        Rule(f"{att}.location_layer.location_conv.conv.weight", "decoder.attention.location_conv.kernel", CONV),
+        Rule(f"{att}.location_layer.location_dense.linear_layer.weight", "decoder.attention.location_dense.kernel",
              LINEAR),
     ]
-    rules += _lstm({n: f"{dec}.decoder_rnn.{n}" for n in names}, "decoder/decoder_rnn")
-    rules += [Rule(f"{dec}.linear_projection.linear_layer.weight", "decoder/projection/kernel", LINEAR),
-              Rule(f"{dec}.linear_projection.linear_layer.bias", "decoder/projection/bias"),
-              Rule(f"{dec}.gate_layer.linear_layer.weight", "decoder/gate/kernel", LINEAR),
-              Rule(f"{dec}.gate_layer.linear_layer.bias", "decoder/gate/bias")]
+    rules += _lstm({n: f"{dec}.decoder_rnn.{n}" for n in names}, "decoder.decoder_rnn")
+    rules += [Rule(f"{dec}.linear_projection.linear_layer.weight", "decoder.projection.kernel", LINEAR),
+              Rule(f"{dec}.linear_projection.linear_layer.bias", "decoder.projection.bias"),
+              Rule(f"{dec}.gate_layer.linear_layer.weight", "decoder.gate.kernel", LINEAR),
+              Rule(f"{dec}.gate_layer.linear_layer.bias", "decoder.gate.bias")]
     for i in range(cfg.postnet_n_convolutions):
-        rules += _conv_bn(f"postnet.convolutions.{i}", f"postnet/convs/{i}")
+        rules += _conv_bn(f"postnet.convolutions.{i}", f"postnet.convs.{i}")
     return rules
 
 

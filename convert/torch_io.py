@@ -26,9 +26,18 @@ def _torch():
     return torch
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any] | None, dict[str, Any]]:
-    """-> (state_dict with `module.` stripped and weight norm in the weight_g/weight_v spelling, as numpy;
-    the checkpoint's `config` dict or None; info about the file)."""
+def normalize_key(key: str) -> str:
+    """A state_dict key in the one spelling the tables use: no DDP `module.` prefix, weight norm as
+    weight_g/weight_v (newer torch writes parametrizations.weight.original0/1)."""
+    key = key[len("module."):] if key.startswith("module.") else key
+    for new, old in _WN_SPELLINGS:
+        if key.endswith(new):
+            return key[: -len(new)] + old
+    return key
+
+
+def read_pt(path: str | os.PathLike):
+    """The object in a .pt file, loaded with weights_only=True; damaged or unsafe files raise CheckpointError."""
     torch = _torch()
     path = Path(path)
     if not path.is_file():
@@ -43,6 +52,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                                   f"loaded ({culprit[:160]}); nothing in it was executed") from None
         detail = lines[0][:160] if lines else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {detail})") from None
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any] | None, dict[str, Any]]:
+    """-> (state_dict with keys in `normalize_key`'s spelling, as numpy; the checkpoint's `config` dict or None;
+    info about the file)."""
+    torch = _torch()
+    path = Path(path)
+    obj = read_pt(path)
     info: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size}
     config = None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -60,12 +78,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     for key, value in raw.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: state_dict entry {key} is a {type(value).__name__}, not a tensor")
-        key = key[len("module."):] if key.startswith("module.") else key
-        for new, old in _WN_SPELLINGS:
-            if key.endswith(new):
-                key = key[: -len(new)] + old
         t = value.detach().cpu()
-        state[key] = (t.float() if t.is_floating_point() else t).numpy()
+        state[normalize_key(key)] = (t.float() if t.is_floating_point() else t).numpy()
     return state, config, info
 
 

@@ -20,29 +20,28 @@ from jtts.waveglow import UPSAMPLE_KERNEL, WaveGlowConfig
 
 from .tables import CONV, CONV1X1, CONV_TRANSPOSE, WN_G, CheckpointError, Rule
 
-KIND = "waveglow"
-SIGNATURE = "upsample.weight"  # a key only this model has
+SIGNATURES = ("upsample.weight", "WN.")  # keys (or key prefixes) only this model has
 
 _WN_LAYERS = re.compile(r"WN\.\d+\.(start|in_layers\.\d+|cond_layers\.\d+|cond_layer|res_skip_layers\.\d+)")
 
 
 def _wn_conv(torch_prefix: str, jtts_prefix: str, layout) -> list[Rule]:
     t, j = torch_prefix, jtts_prefix
-    return [Rule(f"{t}.weight_g", f"{j}/g", WN_G), Rule(f"{t}.weight_v", f"{j}/v", layout),
-            Rule(f"{t}.bias", f"{j}/bias")]
+    return [Rule(f"{t}.weight_g", f"{j}.g", WN_G), Rule(f"{t}.weight_v", f"{j}.v", layout),
+            Rule(f"{t}.bias", f"{j}.bias")]
 
 
 def table(cfg: WaveGlowConfig) -> list[Rule]:
-    rules = [Rule("upsample.weight", "upsample/kernel", CONV_TRANSPOSE), Rule("upsample.bias", "upsample/bias")]
+    rules = [Rule("upsample.weight", "upsample.kernel", CONV_TRANSPOSE), Rule("upsample.bias", "upsample.bias")]
     for k in range(cfg.n_flows):
-        t, j = f"WN.{k}", f"flows/{k}/wn"
-        rules.append(Rule(f"convinv.{k}.conv.weight", f"flows/{k}/convinv/kernel", CONV1X1))
-        rules += _wn_conv(f"{t}.start", f"{j}/start", CONV1X1)
+        t, j = f"WN.{k}", f"flows.{k}.wn"
+        rules.append(Rule(f"convinv.{k}.conv.weight", f"flows.{k}.convinv.kernel", CONV1X1))
+        rules += _wn_conv(f"{t}.start", f"{j}.start", CONV1X1)
         for i in range(cfg.n_layers):
-            rules += _wn_conv(f"{t}.in_layers.{i}", f"{j}/in_layers/{i}", CONV)
-            rules += _wn_conv(f"{t}.cond_layers.{i}", f"{j}/cond_layers/{i}", CONV1X1)
-            rules += _wn_conv(f"{t}.res_skip_layers.{i}", f"{j}/res_skip_layers/{i}", CONV1X1)
-        rules += [Rule(f"{t}.end.weight", f"{j}/end/kernel", CONV1X1), Rule(f"{t}.end.bias", f"{j}/end/bias")]
+            rules += _wn_conv(f"{t}.in_layers.{i}", f"{j}.in_layers.{i}", CONV)
+            rules += _wn_conv(f"{t}.cond_layers.{i}", f"{j}.cond_layers.{i}", CONV1X1)
+            rules += _wn_conv(f"{t}.res_skip_layers.{i}", f"{j}.res_skip_layers.{i}", CONV1X1)
+        rules += [Rule(f"{t}.end.weight", f"{j}.end.kernel", CONV1X1), Rule(f"{t}.end.bias", f"{j}.end.bias")]
     return rules
 
 

@@ -2,19 +2,17 @@
 
 text -> ids (`jtts.text`) -> `Tacotron2` (encoder, decoder, postnet) -> mel -> `WaveGlow` -> audio -> `Denoiser`.
 """
-from jtts.tacotron2 import Tacotron2, Tacotron2Config
 
-__all__ = ["Tacotron2", "Tacotron2Config", "WaveGlow", "WaveGlowConfig", "Denoiser"]
+__all__ = ["Tacotron2", "Tacotron2Config", "WaveGlow", "WaveGlowConfig", "WaveGlowInference", "Denoiser"]
+
+_LAZY = {"Tacotron2": "jtts.tacotron2", "Tacotron2Config": "jtts.tacotron2", "WaveGlow": "jtts.waveglow",
+         "WaveGlowConfig": "jtts.waveglow", "WaveGlowInference": "jtts.waveglow", "Denoiser": "jtts.denoiser"}
 
 
 def __getattr__(name):
-    # WaveGlow and the denoiser load lazily so that `import jtts` stays cheap for text-only users.
-    if name in ("WaveGlow", "WaveGlowConfig"):
-        from jtts import waveglow
+    # Models load on first use: `import jtts` (and `jtts --help`) must not pay for importing JAX.
+    if name in _LAZY:
+        import importlib
 
-        return getattr(waveglow, name)
-    if name == "Denoiser":
-        from jtts.denoiser import Denoiser
-
-        return Denoiser
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'jtts' has no attribute {name!r}")

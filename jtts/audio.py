@@ -19,15 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtts.files import atomic_write
+from jtts.frontend import FMAX, FMIN, HOP, LOG_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN  # noqa: F401
 
-SAMPLE_RATE = 22050
-N_FFT = 1024
-HOP = 256
-WIN = 1024
-N_MELS = 80
-FMIN = 0.0
-FMAX = 8000.0
-LOG_FLOOR = 1e-5  # mel energies are clamped here before the log
 
 _F32 = jnp.float32
 _TINY = float(np.finfo(np.float32).tiny)

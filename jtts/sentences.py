@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from jtts.errors import NothingToSpeak
 from jtts.text import symbols, text_to_sequence
 
 MAX_CHARS = 200
@@ -29,10 +30,6 @@ _END = re.compile(r"([.!?\u2026]+)([\"'\u201d\u2019)\]]*)(\s+|$)")
 _CLAUSE = re.compile(r"(?<=[,;:])\s+|\s+(?=[\u2014\u2013]|-\s)")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _CJK_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO", "IDEOGRAPHIC")
-
-
-class NothingToSpeak(ValueError):
-    """The text holds no letter, digit or ARPAbet phoneme the model can say."""
 
 
 @dataclass

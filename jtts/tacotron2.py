@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jtts.frontend import AudioConfig, model_audio
+from jtts.models import FromCheckpoint
+
 F32 = jnp.float32
 
 
@@ -50,10 +53,14 @@ class Tacotron2Config:
     p_decoder_dropout: float = 0.1
     mask_padding: bool = False
     decoder_no_early_stopping: bool = False
+    # The mels' audio front end (not a DLE constructor argument: DLE sets it in its training script). None or
+    # a dict (model.json) becomes an AudioConfig, DLE's by default, with n_mels = n_mel_channels.
+    audio: AudioConfig | None = None
 
     def __post_init__(self):
         if self.n_frames_per_step != 1:
             raise ValueError("n_frames_per_step must be 1 (DLE's models and checkpoints use 1)")
+        object.__setattr__(self, "audio", model_audio(self, self.n_mel_channels))
 
     @classmethod
     def from_dle(cls, config: dict[str, Any]) -> "Tacotron2Config":
@@ -61,17 +68,26 @@ class Tacotron2Config:
         return cls(**{k: v for k, v in config.items() if k in names})
 
     def to_dle(self) -> dict[str, Any]:
-        return asdict(self)
+        """DLE's constructor arguments (the front end is not one of them)."""
+        out = asdict(self)
+        del out["audio"]
+        return out
+
+
+def _precision(dtype):
+    """float32 models ask for full float32 matmuls: GPUs would otherwise use TF32 (errors ~1e-3)."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == F32 else jax.lax.Precision.DEFAULT
 
 
 def _dense(din, dout, dtype, rngs, bias=True):
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, preferred_element_type=F32, rngs=rngs)
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, preferred_element_type=F32,
+                      precision=_precision(dtype), rngs=rngs)
 
 
 def _conv(din, dout, k, dtype, rngs, bias=True):
     # torch pads (k-1)/2 on both sides; explicit so even kernels cannot silently shift
     return nnx.Conv(din, dout, (k,), padding=(((k - 1) // 2, (k - 1) // 2),), use_bias=bias, dtype=dtype,
-                    preferred_element_type=F32, rngs=rngs)
+                    preferred_element_type=F32, precision=_precision(dtype), rngs=rngs)
 
 
 def dropout(x, rate: float, key):
@@ -168,7 +184,8 @@ class Attention(nnx.Module):
         location = self.location_dense(self.location_conv(weights_cat))
         energies = self.v(jnp.tanh(self.query(query)[:, None, :] + location + processed_memory))[..., 0]
         weights = jax.nn.softmax(jnp.where(mask, energies, -jnp.inf), axis=-1)
-        context = jnp.einsum("bt,btd->bd", weights, memory, preferred_element_type=F32)
+        context = jnp.einsum("bt,btd->bd", weights, memory, preferred_element_type=F32,
+                             precision=jax.lax.Precision.HIGHEST)
         return context, weights
 
 
@@ -207,13 +224,18 @@ class Decoder(nnx.Module):
         return DecoderState(z(self.cfg.attention_rnn_dim), z(self.cfg.attention_rnn_dim),
                             z(self.cfg.decoder_rnn_dim), z(self.cfg.decoder_rnn_dim), z(t), z(t), z(e))
 
-    def step(self, s: DecoderState, prenet_out, memory, processed_memory, mask, key=None):
-        """One decoder step -> (state, mel frame (B, 80), gate logit (B,), attention weights (B, T_in))."""
+    def step(self, s: DecoderState, prenet_out, memory, processed_memory, mask, key=None, window=None):
+        """One decoder step -> (state, mel frame (B, 80), gate logit (B,), attention weights (B, T_in)).
+
+        window: None, or K: the attention may only look at symbols from one before to K after the previous
+        step's peak (see `attention_window`)."""
         train = key is not None and not self.deterministic
         k_att, k_dec = jax.random.split(key) if train else (None, None)
         cell_in = jnp.concatenate([prenet_out, s.context], axis=-1)
         att_h, att_c = self.attention_rnn(self.attention_rnn.ih(cell_in), s.attention_h, s.attention_c)
         att_h = dropout(att_h, self.cfg.p_attention_dropout, k_att)
+        if window is not None:
+            mask = mask & attention_window(s.weights, window)
         weights_cat = jnp.stack([s.weights, s.weights_cum], axis=-1)
         context, weights = self.attention(att_h, memory, processed_memory, weights_cat, mask)
         dec_in = jnp.concatenate([att_h, context], axis=-1)
@@ -222,6 +244,19 @@ class Decoder(nnx.Module):
         out = jnp.concatenate([dec_h, context], axis=-1)
         state = DecoderState(att_h, att_c, dec_h, dec_c, weights, s.weights_cum + weights, context)
         return state, self.projection(out), self.gate(out)[:, 0], weights
+
+
+def attention_window(previous, ahead: int, behind: int = 1):
+    """Symbols the attention may look at, given the previous step's weights (B, T_in): from `behind` before to
+    `ahead` after their peak (at the first step, when all weights are zero: the first ahead + 1 symbols).
+
+    ESPnet's attention constraint at inference (its defaults: 1 behind, 3 ahead). The peak can then move
+    forward at most `ahead` symbols per step, so no word is skipped in one jump, and never falls back more than
+    one symbol per step, so the decoder cannot return to an earlier word and read it again. Always includes
+    the previous peak, which lies within the sentence, so some symbol is always allowed."""
+    peak = jnp.argmax(previous, axis=-1)[:, None]
+    pos = jnp.arange(previous.shape[-1])[None, :]
+    return (pos >= peak - behind) & (pos <= peak + ahead)
 
 
 class Postnet(nnx.Module):
@@ -245,7 +280,7 @@ class Postnet(nnx.Module):
         return x if mask is None else jnp.where(mask, x, 0.0)
 
 
-class Tacotron2(nnx.Module):
+class Tacotron2(FromCheckpoint, nnx.Module):
     def __init__(self, config: Tacotron2Config = Tacotron2Config(), *, dtype=F32, rngs: nnx.Rngs):
         self.config = config
         self.dtype = jnp.dtype(dtype)
@@ -253,17 +288,6 @@ class Tacotron2(nnx.Module):
         self.encoder = Encoder(config, dtype, rngs)
         self.decoder = Decoder(config, dtype, rngs)
         self.postnet = Postnet(config, dtype, rngs)
-
-    @classmethod
-    def from_checkpoint(cls, path, *, dtype=F32) -> "Tacotron2":
-        """Loads a model directory written by `jtts convert` (no torch needed)."""
-        from jtts.checkpoint import assign, load_model
-
-        meta, params = load_model(path, "tacotron2")
-        cfg = Tacotron2Config(**meta["config"])
-        model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-        assign(model, params)
-        return model
 
     # -- stages -------------------------------------------------------------------------------------------
 
@@ -306,11 +330,12 @@ class Tacotron2(nnx.Module):
         return jnp.swapaxes(mel, 1, 2), jnp.swapaxes(mel_post, 1, 2), gate, align
 
     def decode(self, memory, lengths, *, max_decoder_steps: int, gate_threshold: float = 0.5,
-               early_stopping: bool = True, prenet_dropout: float = 0.5, keys=None):
+               early_stopping: bool = True, prenet_dropout: float = 0.5, keys=None, window: int | None = None):
         """Free-running decoder under `lax.while_loop` (jit-able; buffers sized max_decoder_steps).
 
         Returns dict(mel (B, S, 80) pre-postnet, gate (B, S), alignments (B, S, T_in), mel_lengths (B,) int32,
-        n_steps): only the first n_steps of S are written. keys: (B,) per-utterance keys or None.
+        n_steps): only the first n_steps of S are written. keys: (B,) per-utterance keys or None. window: the
+        attention window (`attention_window`'s `ahead`), or None for none.
         """
         b, t_in, _ = memory.shape
         mask = _time_mask(lengths, t_in)
@@ -334,7 +359,8 @@ class Tacotron2(nnx.Module):
 
         def body(c):
             step, state, frame, not_finished, mel_len, mels, gates, aligns = c
-            state, mel, gate, weights = self.decoder.step(state, prenet(frame, step), memory, processed, mask)
+            state, mel, gate, weights = self.decoder.step(state, prenet(frame, step), memory, processed, mask,
+                                                          window=window)
             not_finished = not_finished & (jax.nn.sigmoid(gate) <= gate_threshold)
             mel_len = mel_len + not_finished.astype(jnp.int32)
             mels = jax.lax.dynamic_update_index_in_dim(mels, mel, step, axis=1)
@@ -348,13 +374,20 @@ class Tacotron2(nnx.Module):
         n, _, _, _, mel_len, mels, gates, aligns = jax.lax.while_loop(cond, body, init)
         return dict(mel=mels, gate=gates, alignments=aligns, mel_lengths=mel_len, n_steps=n)
 
-    def infer(self, tokens, lengths, *, max_decoder_steps: int = 2000, gate_threshold: float = 0.5,
-              early_stopping: bool = True, prenet_dropout: float = 0.5, key=None):
+    def infer(self, tokens, lengths, *, max_decoder_steps: int | None = None, gate_threshold: float | None = None,
+              early_stopping: bool | None = None, prenet_dropout: float = 0.5, key=None,
+              attention_window: int | None = None, with_health: bool = False):
         """Text ids -> (mel_postnet (B, 80, T), mel_lengths (B,), alignments (B, T, T_in)), as DLE's infer.
 
         T is the number of steps the batch ran. Each row is computed as if alone: frames past the ones it
         decoded before stopping (mel_lengths + 1, DLE's own count when run alone) are zero. `key` is one key
-        (row b uses fold_in(key, b)) or a (B,) array of per-row keys.
+        (row b uses fold_in(key, b)) or a (B,) array of per-row keys. max_decoder_steps, gate_threshold and
+        early_stopping default to the model's config (max_decoder_steps, gate_threshold, not
+        decoder_no_early_stopping). attention_window=K limits each step's attention to the symbols from one
+        before to K after the previous step's peak (`jtts.tacotron2.attention_window`).
+
+        with_health=True adds a fourth element: `jtts.health.alignment_health`'s metrics, a dict of (B,) numpy
+        arrays, plus "stop": per row "gate" or "max_steps". Computed in the decoder's compiled program.
         """
         tokens = np.asarray(tokens)
         lengths = np.asarray(lengths, np.int32)
@@ -364,6 +397,13 @@ class Tacotron2(nnx.Module):
             raise ValueError(f"lengths must lie in [1, {tokens.shape[1]}], got {lengths.tolist()}")
         if prenet_dropout > 0 and key is None:
             raise ValueError("prenet dropout is on at inference (as in DLE): pass key= or prenet_dropout=0.0")
+        cfg = self.config
+        max_decoder_steps = cfg.max_decoder_steps if max_decoder_steps is None else int(max_decoder_steps)
+        gate_threshold = cfg.gate_threshold if gate_threshold is None else gate_threshold
+        early_stopping = (not cfg.decoder_no_early_stopping) if early_stopping is None else early_stopping
+        if max_decoder_steps < 1 or (attention_window is not None and attention_window < 1):
+            raise ValueError(f"max_decoder_steps and attention_window must be at least 1, got {max_decoder_steps} "
+                             f"and {attention_window}")
         b, t_in = tokens.shape
         keys = None
         if key is not None and prenet_dropout > 0:
@@ -373,13 +413,19 @@ class Tacotron2(nnx.Module):
         padded[:, :t_in] = tokens
         graphdef, state = nnx.split(self)
         out = _infer_decoder(graphdef, state, padded, lengths, keys, max_decoder_steps, float(gate_threshold),
-                             bool(early_stopping), float(prenet_dropout))
+                             bool(early_stopping), float(prenet_dropout),
+                             None if attention_window is None else int(attention_window))
         n = int(out["n_steps"])
         alive = jnp.minimum(out["mel_lengths"] + 1, n) if early_stopping else jnp.full((b,), n, jnp.int32)
         t_out = min(bucket(n), max_decoder_steps)
         mel_post = _infer_postnet(graphdef, state, out["mel"][:, :t_out], alive)
         align = jnp.where(_time_mask(alive, n)[..., None], out["alignments"][:, :n, :t_in], 0.0)
-        return jnp.swapaxes(mel_post[:, :n], 1, 2), out["mel_lengths"], align
+        result = (jnp.swapaxes(mel_post[:, :n], 1, 2), out["mel_lengths"], align)
+        if not with_health:
+            return result
+        health = {k: np.asarray(v) for k, v in out["health"].items()}
+        health["stop"] = np.where(np.asarray(out["mel_lengths"]) >= max_decoder_steps, "max_steps", "gate")
+        return (*result, health)
 
 
 def as_typed_key(key):
@@ -394,12 +440,18 @@ def bucket(n: int) -> int:
     return max(step, -(-n // step) * step)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
-def _infer_decoder(graphdef, state, tokens, lengths, keys, max_steps, threshold, early, prenet_dropout):
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9))
+def _infer_decoder(graphdef, state, tokens, lengths, keys, max_steps, threshold, early, prenet_dropout, window):
+    from jtts.health import alignment_health
+
     model = nnx.merge(graphdef, state)
     memory = model.encode(tokens, lengths, isolate=True)
-    return model.decode(memory, lengths, max_decoder_steps=max_steps, gate_threshold=threshold,
-                        early_stopping=early, prenet_dropout=prenet_dropout, keys=keys)
+    out = model.decode(memory, lengths, max_decoder_steps=max_steps, gate_threshold=threshold,
+                       early_stopping=early, prenet_dropout=prenet_dropout, keys=keys, window=window)
+    # health over the steps each row decoded, the one whose gate fired included, whatever early stopping did
+    steps = jnp.minimum(out["mel_lengths"] + 1, out["n_steps"])
+    out["health"] = alignment_health(out["alignments"], steps, lengths)
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

@@ -1,35 +1,19 @@
-"""Shared fixtures: PyTorch reference models with live random weights, saved in NVIDIA's checkpoint layouts
-and converted with `jtts.convert`, so every parity test goes through the real conversion path."""
+"""Session fixtures: PyTorch reference models with live random weights, saved in NVIDIA's checkpoint layouts
+and converted with `jtts.convert`, so every parity test goes through the real conversion path.
+Functions the tests import (rel, text_batch, ...) live in helpers.py; this file holds only fixtures."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
+from helpers import text_batch
 from reference.tacotron2_torch import tacotron2_config
 from reference.waveglow_torch import waveglow_config
 from reference.weights import calibrate_gate, live_tacotron2, live_waveglow, save_dle_checkpoint
 
 torch.set_num_threads(2)
-
-
-def rel(a, b) -> float:
-    """Relative L2 error of a against the reference b."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def text_batch(lengths, seed=0, n_symbols=148):
-    """Random symbol ids (never the pad id 0), zero-padded like DLE's collate."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for b, n in enumerate(lengths):
-        tokens[b, :n] = torch.randint(1, n_symbols, (n,), generator=g)
-    return tokens, torch.tensor(lengths, dtype=torch.long)
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
+from jtts.hub import REMOTES
 from reference.tacotron2_torch import tacotron2_small_config
 from reference.waveglow_torch import waveglow_small_config
 from reference.weights import live_tacotron2, live_waveglow, save_dle_checkpoint
 
-TACO_PATH = "nvidia/tacotron2_pyt_ckpt_amp/versions/19.12.0/files/nvidia_tacotron2pyt_fp16.pt"
-WG_PATH = "nvidia/waveglow_ckpt_amp_256/versions/20.01.0/files/nvidia_waveglow256pyt_fp16.pt"
+TACO_PATH, WG_PATH = REMOTES["tacotron2"].path, REMOTES["waveglow"].path
 
 
 def small_checkpoints(folder: Path, gate_bias: float = -10.0, waveglow: bool = True) -> tuple[Path, Path | None]:

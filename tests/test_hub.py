@@ -1,10 +1,13 @@
 """The model cache against a local HTTP server: first download + conversion, cache hits without any request,
-resumed downloads, wrong sizes, 404, no network, a damaged download and a half-written model directory."""
+resumed downloads, wrong sizes, 404, no network, a damaged download, a half-written model directory, and the
+fallback to NGC's per-version zip when the single-file URL is refused or serves a web page."""
 import hashlib
+import io
 import json
 import shutil
 import socket
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +16,12 @@ import soundfile as sf
 from jtts.checkpoint import read_meta
 from jtts.cli import main
 from jtts.hub import REMOTES, Hub, HubError, Remote
-from small_tts import TACO_PATH, WG_PATH, FileServer, small_checkpoints
+from small_tts import FileServer, small_checkpoints
+
+# the test server mirrors the hub's own table, so the paths are taken from it rather than copied
+TACO_PATH, WG_PATH = REMOTES["tacotron2"].path, REMOTES["waveglow"].path
+TACO_ZIP, WG_ZIP = REMOTES["tacotron2"].zip_path, REMOTES["waveglow"].zip_path
+TACO_NAME = TACO_PATH.rsplit("/", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +52,14 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def test_remote_paths_match_ngc():
-    # the test server mirrors these paths; NGC's real files must be what the hub asks for by default
-    assert REMOTES["tacotron2"].path == TACO_PATH and REMOTES["waveglow"].path == WG_PATH
+def test_default_urls_are_ngc_files_and_version_zips():
+    # the URLs DLE's download scripts use (the single file, and the version's zip of the newer scripts)
     hub = Hub("/nonexistent", None)
-    assert hub.url("waveglow") == ("https://api.ngc.nvidia.com/v2/models/nvidia/waveglow_ckpt_amp_256/versions/"
-                                   "20.01.0/files/nvidia_waveglow256pyt_fp16.pt")
+    ngc = "https://api.ngc.nvidia.com/v2/models/nvidia/"
+    assert hub.url("waveglow") == ngc + "waveglow_ckpt_amp_256/versions/20.01.0/files/nvidia_waveglow256pyt_fp16.pt"
+    assert hub.zip_url("waveglow") == ngc + "waveglow_ckpt_amp_256/versions/20.01.0/zip"
+    assert hub.url("tacotron2") == ngc + "tacotron2_pyt_ckpt_amp/versions/19.12.0/files/nvidia_tacotron2pyt_fp16.pt"
+    assert hub.zip_url("tacotron2") == ngc + "tacotron2_pyt_ckpt_amp/versions/19.12.0/zip"
 
 
 def test_cache_location_from_environment(monkeypatch, tmp_path):
@@ -130,12 +140,16 @@ def test_server_announcing_more_than_it_sends(server, blobs, tmp_path):
     assert len(server.log) == 3
 
 
-def test_404_names_the_url(server, tmp_path, monkeypatch, capsys):
+def test_file_and_zip_both_refused_is_one_line_naming_both_urls_and_the_flag(server, tmp_path, monkeypatch,
+                                                                          capsys):
     monkeypatch.setenv("JTTS_HOME", str(tmp_path / "home"))
-    server.faults[TACO_PATH] = [{"status": 404}]
+    server.faults[TACO_PATH] = [{"status": 404}]  # and the server has no zip
     code = main(["synthesize", "Hello.", "-o", str(tmp_path / "x.wav"), "--base-url", server.url])
     line = _one_error_line(capsys.readouterr().err)
-    assert code == 1 and f"{server.url}{TACO_PATH}: HTTP 404" in line
+    assert code == 1
+    assert f"{server.url}{TACO_PATH}: HTTP 404" in line and f"{server.url}{TACO_ZIP}: HTTP 404" in line
+    assert f"--tacotron2 {TACO_NAME}" in line
+    assert server.log == [(TACO_PATH, None), (TACO_ZIP, None)]
     assert not (tmp_path / "x.wav").exists()
 
 
@@ -218,3 +232,103 @@ def test_half_written_model_directory_is_rebuilt_not_used(server, tmp_path, monk
     assert (models / "tacotron2" / "model.json").is_file() and victim.exists()
     assert not [p for p in models.iterdir() if p.name.startswith(".")]
     assert len(sf.read(tmp_path / "x.wav")[0]) == 16 * 256
+
+
+# -- NGC's per-version zip ------------------------------------------------------------------------------------
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # stored: the zip's bytes hold the checkpoint's
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def taco_zip(server, blobs):
+    """NGC's zip of the Tacotron 2 version, with other files beside the checkpoint."""
+    data = _zip({"README.md": b"# Tacotron 2\n", TACO_NAME: blobs[TACO_PATH], "meta/info.json": b"{}"})
+    server.files[TACO_ZIP] = data
+    return data
+
+
+HTML = b"<!DOCTYPE html>\n<html><body>Sign in to NGC</body></html>\n"
+REFUSALS = {"404": {"status": 404}, "403": {"status": 403}, "401": {"status": 401},
+            "html-200": {"body": HTML}, "json-200": {"body": b'{"requestStatus": {"statusCode": "UNAUTHORIZED"}}'}}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_refused_file_url_falls_back_to_the_version_zip(server, blobs, taco_zip, tmp_path, capsys, refusal):
+    server.faults[TACO_PATH] = [REFUSALS[refusal]]
+    hub = Hub(tmp_path / "cache", server.url, backoff=0.0)
+    path = hub.download("tacotron2")
+    assert path.read_bytes() == blobs[TACO_PATH]
+    assert server.log == [(TACO_PATH, None), (TACO_ZIP, None)]
+    record = json.loads(path.with_name(path.name + ".json").read_text())
+    assert record == {"url": server.url + TACO_ZIP, "member": TACO_NAME, "size": len(blobs[TACO_PATH]),
+                      "sha256": _sha(blobs[TACO_PATH])}
+    said = [line for line in capsys.readouterr().err.splitlines() if "zip" in line and "using" in line]
+    assert len(said) == 1 and f"using {TACO_NAME} from the version's zip {server.url}{TACO_ZIP}" in said[0]
+    assert sorted(p.name for p in path.parent.iterdir()) == [TACO_NAME, TACO_NAME + ".json"], "zip not deleted"
+    server.log.clear()
+    assert hub.download("tacotron2") == path and server.log == [], "the extracted file is the cache's from now on"
+
+
+def test_model_converted_from_the_zip_records_it(server, blobs, taco_zip, tmp_path):
+    server.faults[TACO_PATH] = [{"status": 404}]
+    hub = _hub(tmp_path, server)
+    meta = read_meta(hub.ensure("tacotron2"), "tacotron2")
+    assert meta["source"]["url"] == server.url + TACO_ZIP and meta["source"]["sha256"] == _sha(blobs[TACO_PATH])
+
+
+def test_server_error_is_not_a_reason_to_try_the_zip(server, taco_zip, tmp_path):
+    server.faults[TACO_PATH] = [{"status": 500}]
+    with pytest.raises(HubError, match=r"HTTP 500"):
+        _hub(tmp_path, server).download("tacotron2")
+    assert server.log == [(TACO_PATH, None)]
+
+
+def test_both_refused_names_both_urls_and_the_waveglow_flag(server, tmp_path):
+    server.faults[WG_PATH] = [{"status": 403}]
+    server.files[WG_ZIP] = HTML  # a sign-in page served with 200
+    with pytest.raises(HubError) as e:
+        _hub(tmp_path, server).download("waveglow")
+    msg = str(e.value)
+    assert "\n" not in msg and f"{server.url}{WG_PATH}: HTTP 403" in msg
+    assert f"{server.url}{WG_ZIP}: answered b'<!DOCTYPE html>" in msg
+    assert "--waveglow nvidia_waveglow256pyt_fp16.pt" in msg and "--tacotron2" not in msg
+    assert not list((tmp_path / "cache" / "downloads").iterdir())
+
+
+BAD_ZIPS = {
+    "no .pt": (lambda blob: _zip({"README.md": b"read me", "model.onnx": b"\x08\x01"}),
+               r"the zip holds no \.pt checkpoint \(it holds: README\.md, model\.onnx\)"),
+    "not a checkpoint": (lambda blob: _zip({TACO_NAME: HTML}), f"{TACO_NAME} is not a torch checkpoint"),
+    "two .pt": (lambda blob: _zip({"a.pt": blob, "b.pt": blob}), f"several .pt files and none named {TACO_NAME}"),
+    "truncated": (lambda blob: _zip({TACO_NAME: blob})[:len(blob) // 2], r"unreadable zip \(BadZipFile"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ZIPS)
+def test_unusable_zip_is_a_clear_error_and_nothing_is_kept(server, blobs, tmp_path, case):
+    make, message = BAD_ZIPS[case]
+    server.faults[TACO_PATH] = [{"status": 404}]
+    server.files[TACO_ZIP] = make(blobs[TACO_PATH])
+    with pytest.raises(HubError, match=message) as e:
+        _hub(tmp_path, server).download("tacotron2")
+    assert str(e.value).startswith(server.url + TACO_ZIP + ": ") and "\n" not in str(e.value)
+    assert not list((tmp_path / "cache" / "downloads").iterdir())
+
+
+def test_interrupted_zip_download_resumes_on_the_next_run(server, blobs, taco_zip, tmp_path):
+    cut = len(taco_zip) // 3
+    server.faults[TACO_PATH] = [{"status": 404}]
+    server.faults[TACO_ZIP] = [{"drop_after": cut}, {}]
+    hub = _hub(tmp_path, server, retries=0)
+    with pytest.raises(HubError, match=rf"{TACO_ZIP}: download interrupted 1 times.*{cut:,} bytes kept"):
+        hub.download("tacotron2")
+    downloads = tmp_path / "cache" / "downloads"
+    assert [(p.name, p.stat().st_size) for p in downloads.iterdir()] == [("nvidia_tacotron2pyt_fp16.zip.part", cut)]
+    assert hub.download("tacotron2").read_bytes() == blobs[TACO_PATH]
+    assert server.log[-2:] == [(TACO_PATH, None), (TACO_ZIP, f"bytes={cut}-")]
+    assert sorted(p.name for p in downloads.iterdir()) == [TACO_NAME, TACO_NAME + ".json"]

@@ -4,9 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rel
+from helpers import rel
 
-BOUND = 1e-5
+# Relative L2 error against the reference's output. Every compared output is an activation, a softmax or a
+# linear layer's output whose norm is of the order of its inputs' (nothing cancels), so ||b|| is the scale.
+# One pass (encoder, teacher forcing) measures <= 1.5e-6 here; the free-running decoder feeds its output back
+# and grows that to 4.7e-6 over 120 steps. Both bounds are >= 10x these (docs/testing.md).
+BOUND, FREE_BOUND = 2e-5, 5e-5
+
+
+def _close(a, b, what, bound=BOUND):
+    """Asserts rel(a, b) <= bound; prints the measured error (pytest -s shows it)."""
+    err = rel(a, b)
+    print(f"{what}: rel {err:.1e}")
+    assert err <= bound, (what, err)
 
 
 def _alone(taco, b):
@@ -19,15 +30,14 @@ def test_encoder_matches_reference_alone_and_batched(taco):
         batched = taco.ref.encode(taco.tokens, taco.lengths)
     # DLE's padded batch: its convs see the pad tokens; isolate=False reproduces that exactly.
     ours = taco.model.encode(taco.tokens.numpy(), taco.lengths.numpy(), isolate=False)
-    assert rel(ours, batched) <= BOUND
+    _close(ours, batched, "encoder, padded batch")
     # Default: each row as if alone, which is DLE run on that utterance by itself.
     ours = np.asarray(taco.model.encode(taco.tokens.numpy(), taco.lengths.numpy()))
     for b in range(len(taco.lengths)):
         tok, n = _alone(taco, b)
         with torch.no_grad():
             alone = taco.ref.encode(tok, n)[0]
-        err = rel(ours[b, :int(n)], alone)
-        assert err <= BOUND, (b, err)
+        _close(ours[b, :int(n)], alone, f"encoder, row {b} alone")
         assert not np.any(ours[b, int(n):]), "encoder output past the length must be zero"
 
 
@@ -41,7 +51,7 @@ def test_teacher_forcing_matches_reference(taco):
                       prenet_dropout=0.0)
     for name, a, b in zip(("mel", "mel_postnet", "gate", "alignments"), ours, ref):
         assert a.shape == tuple(b.shape), name
-        assert rel(a, b) <= BOUND, (name, rel(a, b))
+        _close(a, b, f"teacher forcing {name}")
 
 
 def test_free_running_decoder_120_steps(taco):
@@ -52,8 +62,8 @@ def test_free_running_decoder_120_steps(taco):
         mel, lengths, align = taco.model.infer(tok.numpy(), n.numpy(), max_decoder_steps=120,
                                                early_stopping=False, prenet_dropout=0.0)
         assert mel.shape == (1, 80, 120)
-        assert rel(mel, ref["mel_postnet"]) <= BOUND
-        assert rel(align, ref["alignments"]) <= BOUND
+        _close(mel, ref["mel_postnet"], f"120 free steps, row {b}, mel_postnet", FREE_BOUND)
+        _close(align, ref["alignments"], f"120 free steps, row {b}, alignments", FREE_BOUND)
         assert np.asarray(lengths).tolist() == ref["mel_lengths"].tolist()
 
 
@@ -70,8 +80,9 @@ def test_stop_steps_and_lengths_match_dle_counting(taco):
         tok, n = _alone(taco, b)
         alone = taco.ref.infer(tok, n, max_decoder_steps=150)
         assert alone["mel"].shape[2] == stop + 1
-        assert rel(np.asarray(mel)[b:b + 1, :, :stop + 1], alone["mel_postnet"]) <= BOUND
-        assert rel(np.asarray(align)[b:b + 1, :stop + 1, :int(n)], alone["alignments"]) <= BOUND
+        what = f"stop at {stop}, row {b}"
+        _close(np.asarray(mel)[b:b + 1, :, :stop + 1], alone["mel_postnet"], f"{what}, mel_postnet", FREE_BOUND)
+        _close(np.asarray(align)[b:b + 1, :stop + 1, :int(n)], alone["alignments"], f"{what}, alignments", FREE_BOUND)
         assert not np.any(np.asarray(mel)[b, :, stop + 1:]), "frames after an utterance stopped are zero"
 
 
@@ -94,8 +105,8 @@ def test_utterance_does_not_depend_on_batch(taco):
         m1, l1, a1 = taco.model.infer(tok.numpy(), n.numpy(), key=keys[b:b + 1], max_decoder_steps=150)
         t = m1.shape[2]
         assert int(l1[0]) == int(lengths[b])
-        assert rel(np.asarray(mel)[b:b + 1, :, :t], m1) <= BOUND
-        assert rel(np.asarray(align)[b:b + 1, :t, :int(n)], a1) <= BOUND
+        _close(np.asarray(mel)[b:b + 1, :, :t], m1, f"row {b} batched vs alone, mel", FREE_BOUND)
+        _close(np.asarray(align)[b:b + 1, :t, :int(n)], a1, f"row {b} batched vs alone, alignments", FREE_BOUND)
 
 
 def test_prenet_dropout_is_seeded(taco):
@@ -105,7 +116,7 @@ def test_prenet_dropout_is_seeded(taco):
     b = taco.model.infer(tok.numpy(), n.numpy(), key=jax.random.key(1), **kw)[0]
     c = taco.model.infer(tok.numpy(), n.numpy(), key=jax.random.key(2), **kw)[0]
     assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert rel(c, a) > 1e-2
+    assert rel(c, a) > 1e-2  # other dropout masks: an O(1) change (0.5 here), not rounding
     with pytest.raises(ValueError, match="key"):
         taco.model.infer(tok.numpy(), n.numpy())
 

@@ -51,6 +51,7 @@ def test_resume_gives_the_same_losses(trainer, tmp_path):
     # a new process would build a new iterator at position 0; the checkpoint moves it on
     rest = train(trainer, ListIterator(batches), _cfg(tmp_path / "b"), resume=True)["losses"]
     assert len(full) == 6 and len(first) == 3 and len(rest) == 3
+    # the same compiled step on the same state and batches: equal here; rtol allows the restore a few ulps
     np.testing.assert_allclose(first + rest, full, rtol=1e-6)
     events = [e["event"] for e in read_log(tmp_path / "b")]
     assert events.count("resume") == 1 and "checkpoint" in events
@@ -99,7 +100,15 @@ def test_trained_model_directory_loads(trainer, tmp_path):
     from jtts import Tacotron2
     from jtts.train.loop import train
 
-    res = train(trainer, ListIterator(tacotron2_batches(n_batches=1)), _cfg(tmp_path, steps=1))
+    from jtts.checkpoint import read_meta
+
+    res = train(trainer, ListIterator(tacotron2_batches(n_batches=1)), _cfg(tmp_path, steps=1),
+                meta={"data": "/data/cache", "batch_size": 4})
     model = Tacotron2.from_checkpoint(res["model"])
+    source = read_meta(res["model"])["source"]  # what `jtts info` shows as the model's source
+    assert source["trained_by"] == "jtts train" and source["run"] == str(tmp_path.absolute())
+    assert source["step"] == 1 and source["checkpoint"] == str(tmp_path.absolute() / "checkpoints" / "1")
+    assert source["data"] == "/data/cache" and source["batch_size"] == 4 and source["dtype"] == "float32"
+    assert source["parameters"] == sum(np.size(v) for v in res["state"]["params"].values())
     ours = jax.device_get(res["state"]["params"]["embedding.embedding"])
     np.testing.assert_array_equal(np.asarray(model.embedding.embedding.get_value()), ours)

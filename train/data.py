@@ -21,16 +21,24 @@ window: (B, 80, 1 + segment_length // 256) = 32 frames for 8000 samples.
 
 Without a mel cache, mels are computed on the fly with `jtts.audio.mel_spectrogram` in the main process
 (worker processes only read and resample audio, so JAX never runs in them); they equal the cached ones.
+Both use the dataset's audio front end (`Dataset.audio`: the model's, see `load_dataset`).
+
+Several processes (jax.distributed): `shard=(jax.process_index(), jax.process_count())` makes every process
+plan the same global batches (same seed) and read only its own contiguous block of rows of each, in the row
+order and bucket of the whole batch, so that the processes' blocks, concatenated in process order, are the
+batch one process would build (what `jax.make_array_from_process_local_data` assembles). Validation batches
+are read whole by every process (`Trainer.eval_step` takes its rows from them): a last batch that does not
+split evenly then runs replicated.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from jtts.audio import HOP, N_MELS
 from jtts.train.datasets import (MANIFEST, MEL_PARAMS, DataError, Dataset, Utterance, load_cache,
                                  load_dataset, mels_from_audio, mels_from_prepadded, padded_samples,
                                  prepad, read_audio, read_filelist, read_ljspeech, read_mel)
@@ -89,9 +97,15 @@ class _Source:
     kind = ""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, shuffle: bool, drop_remainder: bool,
-                 num_epochs: int | None, sort_pool: int = 1):
+                 num_epochs: int | None, sort_pool: int = 1, shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        index, count = shard
+        if not 0 <= index < count or batch_size % count:
+            raise ValueError(f"shard {index} of {count}: the global batch size {batch_size} must be a multiple "
+                             f"of the process count")
+        self.shard = (int(index), int(count))
+        self.audio = dataset.audio
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be at least 1 or None, got {num_epochs}")
         self.utterances = list(dataset)
@@ -100,7 +114,8 @@ class _Source:
         n = len(self.utterances)
         self.per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
         if self.per_epoch == 0:
-            raise DataError(f"{dataset.origin}: {n} utterance(s), fewer than one batch of {batch_size}")
+            raise DataError(f"{dataset.origin}: {n} utterance(s), fewer than one batch of {batch_size}; "
+                            f"a batch size of at most {n} fits")
         self.frames = np.array([u.frames for u in self.utterances])
         self._plan = (None, None)
 
@@ -140,7 +155,13 @@ class _Source:
         epoch, j = divmod(int(i), self.per_epoch)
         return self.load(epoch, self.plan(epoch)[j])
 
+    def rows(self, n: int) -> slice:
+        """This process's block of the rows of a global batch of n."""
+        index, count = self.shard
+        return slice(n * index // count, n * (index + 1) // count)
+
     def load(self, epoch: int, indices: np.ndarray) -> dict:
+        """The rows of the global batch `indices` that this process reads."""
         raise NotImplementedError
 
     def finalize(self, batch: dict) -> dict:
@@ -166,28 +187,30 @@ class _Tacotron2Source(_Source):
     def load(self, epoch, indices):
         utts = [self.utterances[k] for k in indices]
         utts.sort(key=lambda u: -len(u.tokens))  # DLE's collate order; stable for equal lengths
-        t, m = self.bucket(max(len(u.tokens) for u in utts), max(u.frames for u in utts))
+        t, m = self.bucket(max(len(u.tokens) for u in utts), max(u.frames for u in utts))  # the whole batch's
+        utts = utts[self.rows(len(utts))]
         b = len(utts)
         out = {"tokens": np.zeros((b, t), np.int32),
                "token_lengths": np.array([len(u.tokens) for u in utts], np.int32),
                "mel_lengths": np.array([u.frames for u in utts], np.int32),
                "gate": np.zeros((b, m), np.float32)}
         if self.cached:
-            out["mels"] = np.zeros((b, N_MELS, m), np.float32)
+            out["mels"] = np.zeros((b, self.audio.n_mels, m), np.float32)
         else:
-            out["_audio"] = np.zeros((b, padded_samples(m)), np.float32)
+            out["_audio"] = np.zeros((b, padded_samples(m, self.audio)), np.float32)
         for r, u in enumerate(utts):
             out["tokens"][r, :len(u.tokens)] = u.tokens
             out["gate"][r, u.frames - 1:] = 1.0
             if self.cached:
                 out["mels"][r, :, :u.frames] = read_mel(u)
             else:
-                out["_audio"][r] = prepad(read_audio(u), m)
+                out["_audio"][r] = prepad(read_audio(u), m, self.audio)
         return out
 
     def finalize(self, batch):
         if "_audio" in batch:
-            batch["mels"] = mels_from_prepadded(batch.pop("_audio"), batch["mel_lengths"], batch["gate"].shape[1])
+            batch["mels"] = mels_from_prepadded(batch.pop("_audio"), batch["mel_lengths"], batch["gate"].shape[1],
+                                                self.audio)
         return batch
 
 
@@ -196,10 +219,11 @@ class _WaveGlowSource(_Source):
 
     def __init__(self, dataset, batch_size, *, segment_length, **kw):
         super().__init__(dataset, batch_size, **kw)
-        if segment_length < HOP:
-            raise ValueError(f"segment_length must be at least {HOP}, got {segment_length}")
+        if segment_length < self.audio.hop:
+            raise ValueError(f"segment_length must be at least {self.audio.hop}, got {segment_length}")
         self.segment_length = int(segment_length)
         self.samples = np.array([u.samples for u in self.utterances])
+        _check_audio_present(self.utterances, dataset.origin)
 
     def settings(self) -> dict:
         return {**super().settings(), "segment_length": self.segment_length}
@@ -208,6 +232,7 @@ class _WaveGlowSource(_Source):
         seg = self.segment_length
         # Drawn for every clip at once so that a clip's window depends on (seed, epoch, clip) only.
         starts = self._rng(epoch, 1).integers(0, np.maximum(self.samples - seg, 0) + 1)
+        indices = indices[self.rows(len(indices))]
         audio = np.zeros((len(indices), seg), np.float32)
         for r, k in enumerate(indices):
             a = read_audio(self.utterances[k])
@@ -219,8 +244,21 @@ class _WaveGlowSource(_Source):
     def finalize(self, batch):
         from jtts.audio import mel_spectrogram
 
-        batch["mels"] = np.asarray(mel_spectrogram(batch["audio"]), np.float32)
+        batch["mels"] = np.asarray(mel_spectrogram(batch["audio"], **self.audio.mel_kwargs()), np.float32)
         return batch
+
+
+def _check_audio_present(utterances, origin: str) -> None:
+    """WaveGlow reads the clips themselves, also from a mel cache: say at start which it cannot find, rather than
+    at the first batch that needs one."""
+    missing = [u for u in utterances if not os.path.isfile(u.audio)]
+    if not missing:
+        return
+    u = missing[0]
+    hint = (" (a mel cache finds its audio relative to itself: move the dataset along with the cache, or run "
+            "`jtts preprocess` again)" if u.mel is not None else "")
+    raise DataError(f"{origin}: {len(missing)} of {len(utterances)} audio files not found, first {u.audio} "
+                    f"(for {u.source}){hint}", [f"{m.source}: missing audio file {m.audio}" for m in missing])
 
 
 def _jsonable(x):
@@ -323,18 +361,20 @@ def _dataset(data) -> Dataset:
 def tacotron2_batches(data, batch_size: int, *, seed: int = 0, buckets: int | Sequence[tuple[int, int]] = 8,
                       drop_remainder: bool = True, shuffle: bool = True, num_epochs: int | None = None,
                       sort_pool: int = 32, worker_count: int = 0, read_threads: int = 4,
-                      prefetch: int = 4) -> BatchIterator:
-    """Tacotron 2 batches: "tokens" (B, T_in) int32, "token_lengths" (B,) int32, "mels" (B, 80, T) float32,
+                      prefetch: int = 4, shard: tuple[int, int] = (0, 1)) -> BatchIterator:
+    """Tacotron 2 batches: "tokens" (B, T_in) int32, "token_lengths" (B,) int32, "mels" (B, n_mels, T) float32,
     "mel_lengths" (B,) int32, "gate" (B, T) float32, with (T_in, T) one of `iterator.buckets`.
 
     data: a Dataset, mel cache, LJSpeech directory or filelist (paths relative to the current directory;
     use `read_filelist(..., root=...)` for another root). buckets: a count (derived from the lengths by
-    `tacotron2_buckets`) or explicit (tokens, frames) pairs. num_epochs None repeats forever."""
+    `tacotron2_buckets`) or explicit (tokens, frames) pairs. num_epochs None repeats forever.
+    shard: (process index, process count): batch_size is the global batch, of which this process reads the
+    rows `index * B / count` up to `(index + 1) * B / count`."""
     dataset = _dataset(data)
     buckets = (tacotron2_buckets(dataset, buckets) if isinstance(buckets, (int, np.integer))
                else _check_buckets(buckets, dataset))
     source = _Tacotron2Source(dataset, batch_size, buckets=buckets, seed=seed, shuffle=shuffle,
-                              drop_remainder=drop_remainder, num_epochs=num_epochs, sort_pool=sort_pool)
+                              drop_remainder=drop_remainder, num_epochs=num_epochs, sort_pool=sort_pool, shard=shard)
     return BatchIterator(source, worker_count=worker_count, read_threads=read_threads, prefetch=prefetch)
 
 
@@ -347,10 +387,12 @@ def tacotron2_val_batches(data, batch_size: int, *, buckets: int | Sequence[tupl
 
 def waveglow_batches(data, batch_size: int, *, seed: int = 0, segment_length: int = SEGMENT_LENGTH,
                      drop_remainder: bool = True, shuffle: bool = True, num_epochs: int | None = None,
-                     worker_count: int = 0, read_threads: int = 4, prefetch: int = 4) -> BatchIterator:
-    """WaveGlow batches: "audio" (B, segment_length) float32 and its "mels" (B, 80, 1 + segment_length // 256)."""
+                     worker_count: int = 0, read_threads: int = 4, prefetch: int = 4,
+                     shard: tuple[int, int] = (0, 1)) -> BatchIterator:
+    """WaveGlow batches: "audio" (B, segment_length) float32 and its "mels" (B, n_mels, 1 + segment_length // hop).
+    shard: as for `tacotron2_batches`."""
     source = _WaveGlowSource(_dataset(data), batch_size, segment_length=segment_length, seed=seed,
-                             shuffle=shuffle, drop_remainder=drop_remainder, num_epochs=num_epochs)
+                             shuffle=shuffle, drop_remainder=drop_remainder, num_epochs=num_epochs, shard=shard)
     return BatchIterator(source, worker_count=worker_count, read_threads=read_threads, prefetch=prefetch)
 
 

@@ -6,7 +6,9 @@ A dataset is one of
     the current directory by default);
   * a mel cache written by `jtts.train.preprocess.preprocess` (a directory with `manifest.json`).
 
-Audio at any sample rate is resampled to 22050 Hz and stereo is averaged to mono (`jtts.audio.load_wav`).
+Every dataset has an audio front end (`jtts.frontend.AudioConfig`, the model's: `load_dataset(..., audio=...)`;
+DLE's 22050 Hz by default; a mel cache has the one it was made with). Audio at any sample rate is resampled to
+its rate and stereo is averaged to mono (`jtts.audio.load_wav`).
 Entries that cannot be trained on are reported as `FILE:LINE: reason`, one line each, and skipped
 (on_error="skip") or collected into one `DataError` (on_error="fail"). Only WAV headers are read here,
 so listing LJSpeech takes seconds; a file whose header is fine but whose body is not fails when read.
@@ -18,13 +20,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from jtts.audio import FMAX, FMIN, HOP, LOG_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN, load_wav
+from jtts.audio import load_wav
+from jtts.errors import DataError
+from jtts.frontend import DEFAULT as DEFAULT_AUDIO, AudioConfig
 from jtts.text import text_to_sequence
 
 __all__ = ["DataError", "Utterance", "Dataset", "load_dataset", "read_ljspeech", "read_filelist",
@@ -33,21 +38,13 @@ __all__ = ["DataError", "Utterance", "Dataset", "load_dataset", "read_ljspeech",
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "jtts-mel-cache"
 CACHE_VERSION = 1
-# A cache made with other STFT/mel settings would silently train a model on the wrong features.
-MEL_PARAMS = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP, "win": WIN, "n_mels": N_MELS,
-              "fmin": FMIN, "fmax": FMAX, "log_floor": LOG_FLOOR}
+# A cache made with other STFT/mel settings would silently train a model on the wrong features: its manifest
+# records them (DLE's front end: these) and they are compared with the model's.
+MEL_PARAMS = DEFAULT_AUDIO.cache_params()
 DEFAULT_CLEANERS = ("english_cleaners",)
 ON_ERROR = ("skip", "fail")
 
 Report = Callable[[str], None]
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as asked. `problems` holds the `FILE:LINE: reason` lines, if any."""
-
-    def __init__(self, message: str, problems: Sequence[str] = ()):
-        super().__init__(message)
-        self.problems = list(problems)
 
 
 class _Bad(Exception):
@@ -63,13 +60,14 @@ class Utterance:
     audio: str                 # absolute path of the source audio file
     text: str
     tokens: tuple[int, ...]    # jtts.text ids of `text`
-    samples: int               # length at 22050 Hz, after resampling
+    samples: int               # length at the front end's sample rate, after resampling
     source: str                # "FILE:LINE" of the entry, for messages
-    mel: str | None = None     # cached (80, frames) float32 .npy, if preprocessed
+    mel: str | None = None     # cached (n_mels, frames) float32 .npy, if preprocessed
+    frontend: AudioConfig = DEFAULT_AUDIO  # the dataset's: the rate `samples` counts at, the hop of `frames`
 
     @property
     def frames(self) -> int:
-        return 1 + self.samples // HOP
+        return self.frontend.frames(self.samples)
 
 
 @dataclasses.dataclass
@@ -77,6 +75,7 @@ class Dataset(Sequence):
     utterances: list[Utterance]
     origin: str
     problems: list[str] = dataclasses.field(default_factory=list)
+    audio: AudioConfig = DEFAULT_AUDIO  # every utterance's front end
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -92,12 +91,13 @@ class Dataset(Sequence):
         return all(u.mel is not None for u in self.utterances)
 
 
-def resampled_length(n: int, sample_rate: int) -> int:
-    """Samples after soxr resampling to 22050 Hz (soxr rounds n * ratio half up)."""
-    return n if sample_rate == SAMPLE_RATE else math.floor(n * SAMPLE_RATE / sample_rate + 0.5)
+def resampled_length(n: int, sample_rate: int, target: int = DEFAULT_AUDIO.sample_rate) -> int:
+    """Samples after soxr resampling to `target` Hz (soxr rounds n * ratio half up)."""
+    return n if sample_rate == target else math.floor(n * target / sample_rate + 0.5)
 
 
-def _check_entry(source: str, audio: Path, text: str, cleaners, max_seconds: float | None) -> Utterance:
+def _check_entry(source: str, audio: Path, text: str, cleaners, max_seconds: float | None,
+                 fe: AudioConfig) -> Utterance:
     import soundfile as sf
 
     if not audio.is_file():
@@ -108,32 +108,34 @@ def _check_entry(source: str, audio: Path, text: str, cleaners, max_seconds: flo
         raise _Bad(f"unreadable audio file {audio}: {' '.join(str(e).split())}") from None
     if info.samplerate <= 0:
         raise _Bad(f"unreadable audio file {audio}: sample rate {info.samplerate}")
-    samples = resampled_length(info.frames, info.samplerate)
+    samples = resampled_length(info.frames, info.samplerate, fe.sample_rate)
     # The STFT reflect-pads by half a frame, which needs more samples than that.
-    if samples <= N_FFT // 2:
-        raise _Bad(f"audio file {audio} is too short: {samples} samples at {SAMPLE_RATE} Hz, "
-                   f"the STFT needs more than {N_FFT // 2}")
-    seconds = samples / SAMPLE_RATE
+    if samples <= fe.n_fft // 2:
+        raise _Bad(f"audio file {audio} is too short: {samples} samples at {fe.sample_rate} Hz, "
+                   f"the STFT needs more than {fe.n_fft // 2}")
+    seconds = samples / fe.sample_rate
     if max_seconds is not None and seconds > max_seconds:
         raise _Bad(f"clip {audio} is {seconds:.2f} s, longer than the {max_seconds:g} s limit")
     tokens = tuple(text_to_sequence(text, cleaners))
     if not tokens:
         raise _Bad(f"transcript has no speakable symbol: {text!r}")
-    return Utterance(audio=str(audio.resolve()), text=text, tokens=tokens, samples=samples, source=source)
+    return Utterance(audio=str(audio.resolve()), text=text, tokens=tokens, samples=samples, source=source,
+                     frontend=fe)
 
 
 def _collect(entries: Iterable[tuple[str, Path | None, str]], origin: str, *, on_error: str,
-             max_seconds: float | None, cleaners, report: Report | None) -> Dataset:
+             max_seconds: float | None, cleaners, report: Report | None, audio: AudioConfig | None) -> Dataset:
     """entries: (source, audio path, text), or (source, None, reason) for a line that did not parse."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     report = _stderr if report is None else report
+    fe = DEFAULT_AUDIO if audio is None else audio
     utterances, problems = [], []
     for source, audio, text in entries:
         try:
             if audio is None:
                 raise _Bad(text)
-            utterances.append(_check_entry(source, audio, text, cleaners, max_seconds))
+            utterances.append(_check_entry(source, audio, text, cleaners, max_seconds, fe))
         except _Bad as e:
             problems.append(f"{source}: {e}")
             report(problems[-1])
@@ -143,22 +145,27 @@ def _collect(entries: Iterable[tuple[str, Path | None, str]], origin: str, *, on
     if not utterances:
         skipped = f" ({len(problems)} bad entries skipped)" if problems else ""
         raise DataError(f"no usable utterances in {origin}{skipped}", problems)
-    return Dataset(utterances, origin, problems)
+    return Dataset(utterances, origin, problems, fe)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text: {e}") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
+def _lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, text, None) per non-blank line, or (line number, "", reason) for a line that is not UTF-8
+    (reported and skipped like any bad entry, by its line rather than a byte offset into the file)."""
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            yield lineno, "", f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            continue
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
         if line.strip():  # blank lines (a trailing newline, say) are not entries
-            yield lineno, line
+            yield lineno, line, None
 
 
 def read_ljspeech(root, *, on_error: str = "skip", max_seconds: float | None = None,
-                  cleaners=DEFAULT_CLEANERS, report: Report | None = None) -> Dataset:
-    """An LJSpeech directory. The normalized transcript (third column: numbers spelled out, as in DLE's
+                  cleaners=DEFAULT_CLEANERS, report: Report | None = None, audio: AudioConfig | None = None) -> Dataset:
+    """An LJSpeech directory, its clips taken at `audio`'s rate (default DLE's front end). The normalized transcript (third column: numbers spelled out, as in DLE's
     filelists) is used, the second column where the third is missing or empty."""
     root = Path(root)
     meta = root / "metadata.csv"
@@ -166,8 +173,11 @@ def read_ljspeech(root, *, on_error: str = "skip", max_seconds: float | None = N
         raise DataError(f"{root} is not an LJSpeech directory: no metadata.csv")
 
     def entries():
-        for lineno, line in _lines(meta):
+        for lineno, line, problem in _lines(meta):
             source = f"{meta}:{lineno}"
+            if problem is not None:
+                yield source, None, problem
+                continue
             parts = line.split("|")
             if len(parts) not in (2, 3) or not parts[0].strip():
                 yield source, None, f"expected 'id|text|normalized text', got {len(parts)} field(s)"
@@ -176,19 +186,22 @@ def read_ljspeech(root, *, on_error: str = "skip", max_seconds: float | None = N
             yield source, root / "wavs" / f"{parts[0].strip()}.wav", text.strip()
 
     return _collect(entries(), str(meta), on_error=on_error, max_seconds=max_seconds, cleaners=cleaners,
-                    report=report)
+                    report=report, audio=audio)
 
 
 def read_filelist(filelist, root=None, *, on_error: str = "skip", max_seconds: float | None = None,
-                  cleaners=DEFAULT_CLEANERS, report: Report | None = None) -> Dataset:
+                  cleaners=DEFAULT_CLEANERS, report: Report | None = None, audio: AudioConfig | None = None) -> Dataset:
     """A DLE filelist: `path|text` per line, each path relative to `root` (default: the current
     directory, DLE's --dataset-path default)."""
     filelist = Path(filelist)
     root = Path.cwd() if root is None else Path(root)
 
     def entries():
-        for lineno, line in _lines(filelist):
+        for lineno, line, problem in _lines(filelist):
             source = f"{filelist}:{lineno}"
+            if problem is not None:
+                yield source, None, problem
+                continue
             parts = line.strip().split("|")
             if len(parts) != 2 or not parts[0].strip():
                 yield source, None, f"expected 'path|text', got {len(parts)} field(s)"
@@ -196,11 +209,46 @@ def read_filelist(filelist, root=None, *, on_error: str = "skip", max_seconds: f
             yield source, root / parts[0].strip(), parts[1].strip()
 
     return _collect(entries(), str(filelist), on_error=on_error, max_seconds=max_seconds,
-                    cleaners=cleaners, report=report)
+                    cleaners=cleaners, report=report, audio=audio)
 
 
-def load_cache(path) -> Dataset:
-    """A mel cache written by `preprocess`. Without its manifest (written last) it is incomplete."""
+def audio_in_cache(audio: str, cache) -> str:
+    """How a mel cache stores an audio path: relative to the cache directory, so that the cache keeps working
+    when it moves together with the dataset; absolute where there is no relative path (another drive)."""
+    try:
+        return os.path.relpath(Path(audio).resolve(), Path(cache).resolve())
+    except ValueError:
+        return str(Path(audio).resolve())
+
+
+def audio_from_cache(stored: str, cache) -> str:
+    """The absolute audio path of a cache entry (entries of older caches are absolute already)."""
+    return os.path.normpath(Path(cache).resolve() / stored)
+
+
+def cache_frontend(mel: dict, manifest) -> AudioConfig:
+    """The front end a cache's manifest records (its "mel" settings)."""
+    if not isinstance(mel, dict) or mel.get("log_floor") != MEL_PARAMS["log_floor"]:
+        raise DataError(f"{manifest}: mels were computed with {mel}, not a jtts front end; run `jtts preprocess` "
+                        f"again")
+    try:
+        return AudioConfig.of({k: v for k, v in mel.items() if k != "log_floor"})
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{manifest}: invalid mel settings ({e}); run `jtts preprocess` again") from None
+
+
+def check_frontend(dataset: Dataset, audio: AudioConfig) -> None:
+    """A mel cache made with another front end than the model's cannot train it (DataError naming both)."""
+    diff = dataset.audio.differences(audio)
+    if diff:
+        raise DataError(f"{dataset.origin}: mels were computed with another audio front end than the model's "
+                        f"({'; '.join(diff)}: cache vs model); run `jtts preprocess` again with the model's "
+                        f"(--config MODEL_DIR or --set audio.KEY=VALUE), or train on the audio itself")
+
+
+def load_cache(path, audio: AudioConfig | None = None) -> Dataset:
+    """A mel cache written by `preprocess`; with `audio`, one made with that front end only. Without its
+    manifest (written last) it is incomplete."""
     path = Path(path)
     manifest = path / MANIFEST
     if not manifest.is_file():
@@ -210,11 +258,10 @@ def load_cache(path) -> Dataset:
         meta = json.loads(manifest.read_text(encoding="utf-8"))
         if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
             raise DataError(f"{manifest}: not a version {CACHE_VERSION} {CACHE_FORMAT} manifest")
-        if meta.get("mel") != MEL_PARAMS:
-            raise DataError(f"{manifest}: mels were computed with {meta.get('mel')}, jtts uses {MEL_PARAMS}; "
-                            f"run `jtts preprocess` again")
-        utterances = [Utterance(audio=e["audio"], text=e["text"], tokens=tuple(e["tokens"]),
-                                samples=int(e["samples"]), source=e["source"], mel=str(path / e["mel"]))
+        fe = cache_frontend(meta.get("mel"), manifest)
+        utterances = [Utterance(audio=audio_from_cache(e["audio"], path), text=e["text"],
+                                tokens=tuple(e["tokens"]), samples=int(e["samples"]), source=e["source"],
+                                mel=str(path / e["mel"]), frontend=fe)
                       for e in meta["utterances"]]
     except (ValueError, KeyError, TypeError) as e:
         if isinstance(e, DataError):
@@ -222,23 +269,31 @@ def load_cache(path) -> Dataset:
         raise DataError(f"{manifest} is damaged: {type(e).__name__}: {e}") from None
     if not utterances:
         raise DataError(f"{manifest} lists no utterances")
-    return Dataset(utterances, str(path), list(meta.get("problems", [])))
+    dataset = Dataset(utterances, str(path), list(meta.get("problems", [])), fe)
+    if audio is not None:
+        check_frontend(dataset, audio)
+    return dataset
 
 
 def load_dataset(path, *, root=None, on_error: str = "skip", max_seconds: float | None = None,
-                 cleaners=DEFAULT_CLEANERS, report: Report | None = None) -> Dataset:
-    """Any of the three layouts, told apart by what is on disk. A Dataset is returned as it is."""
+                 cleaners=DEFAULT_CLEANERS, report: Report | None = None, audio: AudioConfig | None = None) -> Dataset:
+    """Any of the three layouts, told apart by what is on disk. A Dataset is returned as it is (and checked).
+
+    audio: the front end the data is for (the model's). Audio is read at its rate; a mel cache must have been
+    made with it (DataError otherwise). None: DLE's for audio, a cache's own for a cache."""
     if isinstance(path, Dataset):
+        if audio is not None:
+            check_frontend(path, audio)
         return path
     p = Path(path)
-    kw = dict(on_error=on_error, max_seconds=max_seconds, cleaners=cleaners, report=report)
+    kw = dict(on_error=on_error, max_seconds=max_seconds, cleaners=cleaners, report=report, audio=audio)
     if p.is_dir():
         if (p / MANIFEST).exists():
-            return load_cache(p)
+            return load_cache(p, audio)
         if (p / "metadata.csv").is_file():
             return read_ljspeech(p, **kw)
         if (p / "mels").is_dir():
-            return load_cache(p)  # raises: a cache whose preprocess never finished
+            return load_cache(p, audio)  # raises: a cache whose preprocess never finished
         raise DataError(f"{p} is neither a mel cache ({MANIFEST}) nor an LJSpeech directory (metadata.csv)")
     if p.is_file():
         return read_filelist(p, root, **kw)
@@ -246,11 +301,11 @@ def load_dataset(path, *, root=None, on_error: str = "skip", max_seconds: float 
 
 
 def read_audio(u: Utterance) -> np.ndarray:
-    """The utterance's audio at 22050 Hz, exactly `u.samples` long: the length the batch plan was made
+    """The utterance's audio at its front end's rate, exactly `u.samples` long: the length the batch plan was made
     with (soxr's output length is predicted from the header; any rounding difference is cut or
     zero-padded rather than allowed to overflow a bucket)."""
     try:
-        audio, _ = load_wav(u.audio)
+        audio, _ = load_wav(u.audio, u.frontend.sample_rate)
     except (OSError, ValueError) as e:
         raise DataError(f"{u.source}: {e}", [f"{u.source}: {e}"]) from None
     if len(audio) != u.samples:
@@ -260,49 +315,60 @@ def read_audio(u: Utterance) -> np.ndarray:
 
 def read_mel(u: Utterance) -> np.ndarray:
     mel = np.load(u.mel, allow_pickle=False)
-    if mel.shape != (N_MELS, u.frames) or mel.dtype != np.float32:
-        raise DataError(f"{u.mel}: mel of shape {mel.shape} {mel.dtype}, expected ({N_MELS}, {u.frames}) float32 "
+    n_mels = u.frontend.n_mels
+    if mel.shape != (n_mels, u.frames) or mel.dtype != np.float32:
+        raise DataError(f"{u.mel}: mel of shape {mel.shape} {mel.dtype}, expected ({n_mels}, {u.frames}) float32 "
                         f"for {u.source}; run `jtts preprocess` again")
     return mel
 
 
 # -- mels of many lengths with a few compiled shapes ------------------------------------------------------
 #
-# mel_spectrogram reflect-pads by N_FFT // 2 = 2 hops. Reflect-padding a clip here and zero-padding the
-# result to a bucket length L makes frame f + 2 of mel_spectrogram(padded) see exactly the samples of
-# frame f of mel_spectrogram(clip) (the extra reflect padding touches only frames 0 and 1, the zeros
-# only frames past the clip's end), so clips of any length share one compiled shape per bucket.
+# mel_spectrogram reflect-pads by p = n_fft // 2 and frame g starts at sample g * hop of the padded signal.
+# A clip reflect-padded here by p, placed at offset g * hop - p of a zero buffer (g = ceil(p / hop), the
+# smallest such offset that is not negative: 0 and g = 2 for DLE's 512 / 256), makes frame f + g of
+# mel_spectrogram(buffer) see exactly the samples of frame f of mel_spectrogram(clip): the buffer's own
+# reflect padding touches only frames below g, the zeros only frames past the clip's end. So clips of any
+# length share one compiled shape per bucket length.
 
-_SHIFT = (N_FFT // 2) // HOP
-assert _SHIFT * HOP == N_FFT // 2
+def _lead(fe: AudioConfig) -> tuple[int, int]:
+    """(g, offset): frames to drop at the start, and where the reflect-padded clip starts in the buffer."""
+    pad = fe.n_fft // 2
+    g = -(-pad // fe.hop)
+    return g, g * fe.hop - pad
 
 
-def padded_samples(frames: int) -> int:
-    """Buffer length that holds a prepadded clip of up to `frames` frames and yields `frames` + 2 frames."""
-    return (frames + 2 * _SHIFT) * HOP
+def padded_samples(frames: int, fe: AudioConfig = DEFAULT_AUDIO) -> int:
+    """Buffer length that holds a prepadded clip of up to `frames` frames and yields at least `frames` + g
+    frames."""
+    return (frames + _lead(fe)[0]) * fe.hop + fe.n_fft // 2
 
 
-def prepad(audio: np.ndarray, frames: int) -> np.ndarray:
-    out = np.zeros(padded_samples(frames), np.float32)
-    xp = np.pad(np.asarray(audio, np.float32), N_FFT // 2, mode="reflect")
-    out[:len(xp)] = xp
+def prepad(audio: np.ndarray, frames: int, fe: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
+    out = np.zeros(padded_samples(frames, fe), np.float32)
+    xp = np.pad(np.asarray(audio, np.float32), fe.n_fft // 2, mode="reflect")
+    offset = _lead(fe)[1]
+    out[offset:offset + len(xp)] = xp
     return out
 
 
-def mels_from_prepadded(x: np.ndarray, lengths: Sequence[int], frames: int) -> np.ndarray:
-    """(B, padded_samples(frames)) from `prepad` -> (B, 80, frames) float32 log-mels, zero past each
+def mels_from_prepadded(x: np.ndarray, lengths: Sequence[int], frames: int,
+                        fe: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
+    """(B, padded_samples(frames)) from `prepad` -> (B, n_mels, frames) float32 log-mels, zero past each
     row's length (DLE's padding)."""
     from jtts.audio import mel_spectrogram
 
-    mel = np.asarray(mel_spectrogram(x))[:, :, _SHIFT:_SHIFT + frames]
+    g = _lead(fe)[0]
+    mel = np.asarray(mel_spectrogram(x, **fe.mel_kwargs()))[:, :, g:g + frames]
     mask = np.arange(frames)[None, :] < np.asarray(lengths)[:, None]
     return np.where(mask[:, None, :], mel, np.float32(0)).astype(np.float32, copy=False)
 
 
-def mels_from_audio(audios: Sequence[np.ndarray], frames: int | None = None) -> np.ndarray:
-    """Log-mels of clips of any lengths, padded to `frames` (default: the longest) -> (B, 80, frames)."""
-    lengths = [1 + len(a) // HOP for a in audios]
+def mels_from_audio(audios: Sequence[np.ndarray], frames: int | None = None,
+                    fe: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
+    """Log-mels of clips of any lengths, padded to `frames` (default: the longest) -> (B, n_mels, frames)."""
+    lengths = [fe.frames(len(a)) for a in audios]
     frames = max(lengths) if frames is None else frames
     if max(lengths) > frames:
         raise ValueError(f"a clip of {max(lengths)} frames does not fit in {frames}")
-    return mels_from_prepadded(np.stack([prepad(a, frames) for a in audios]), lengths, frames)
+    return mels_from_prepadded(np.stack([prepad(a, frames, fe) for a in audios]), lengths, frames, fe)

@@ -43,4 +43,41 @@ def waveglow_loss(outputs, sigma: float = 1.0):
                       log_det=-sum(jnp.asarray(d, F32) for d in log_det) / z.size)
 
 
-__all__ = ["tacotron2_loss", "waveglow_loss", "bce_with_logits"]
+def _valid_cells(token_lengths, mel_lengths, t_out: int, t_in: int):
+    """(B, T_out, T_in) bool: decoder step t < mel_length and text position n < token_length."""
+    steps = jnp.arange(t_out)[None, :, None] < jnp.asarray(mel_lengths)[:, None, None]
+    chars = jnp.arange(t_in)[None, None, :] < jnp.asarray(token_lengths)[:, None, None]
+    return steps & chars
+
+
+def guided_attention_loss(alignments, token_lengths, mel_lengths, g: float = 0.2):
+    """Tachibana et al. 2017's diagonal prior on attention (beyond DLE; ESPnet and Coqui offer it).
+
+    alignments (B, T_out, T_in) -> the mean over valid cells of A[b, t, n] * W[b, t, n] with
+    W = 1 - exp(-(n / N_b - t / T_b)^2 / (2 g^2)), N_b and T_b the row's token and mel lengths: 0 for an
+    alignment on the diagonal, up to 1 for attention far from it. Padded cells count neither in the sum nor
+    in the number of cells. float32 whatever the alignments' dtype; jit-able (lengths may be traced).
+    """
+    a = jnp.asarray(alignments, F32)
+    _, t_out, t_in = a.shape
+    n_len = jnp.maximum(jnp.asarray(token_lengths, F32), 1.0)[:, None, None]
+    t_len = jnp.maximum(jnp.asarray(mel_lengths, F32), 1.0)[:, None, None]
+    n = jnp.arange(t_in, dtype=F32)[None, None, :] / n_len
+    t = jnp.arange(t_out, dtype=F32)[None, :, None] / t_len
+    w = 1.0 - jnp.exp(-jnp.square(n - t) / (2.0 * g * g))
+    valid = _valid_cells(token_lengths, mel_lengths, t_out, t_in)
+    return jnp.sum(jnp.where(valid, a * w, 0.0)) / jnp.maximum(jnp.sum(valid), 1).astype(F32)
+
+
+def attention_focus(alignments, token_lengths, mel_lengths):
+    """The mean over valid decoder steps of the largest attention weight: about 1/N for attention spread
+    evenly over N characters, near 1 for a sharp alignment. -> (B,) float32 per utterance."""
+    a = jnp.asarray(alignments, F32)
+    _, t_out, t_in = a.shape
+    valid = _valid_cells(token_lengths, mel_lengths, t_out, t_in)
+    peak = jnp.max(jnp.where(valid, a, 0.0), axis=2)
+    steps = jnp.any(valid, axis=2)
+    return jnp.sum(jnp.where(steps, peak, 0.0), axis=1) / jnp.maximum(jnp.sum(steps, axis=1), 1).astype(F32)
+
+
+__all__ = ["tacotron2_loss", "waveglow_loss", "bce_with_logits", "guided_attention_loss", "attention_focus"]

@@ -19,13 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# DLE's training scripts (scripts/train_tacotron2.sh, scripts/train_waveglow.sh): WaveGlow trains without
-# weight decay, and its clip threshold (65504 with AMP, FLT_MAX in fp32) never clips in practice.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "tacotron2": dict(lr=1e-3, weight_decay=1e-6, grad_clip=1.0, anneal_epochs=(500, 1000, 1500), anneal_factor=0.1),
-    "waveglow": dict(lr=1e-4, weight_decay=0.0, grad_clip=65504.0, anneal_epochs=(), anneal_factor=0.1),
-}
-
+from jtts.errors import CheckpointError
 
 def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
     """torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)); the 1e-6 is torch's."""
@@ -71,11 +65,16 @@ def dle_adam(lr: float | optax.Schedule, *, weight_decay: float = 1e-6, grad_cli
     )
 
 
-def make_optimizer(kind: str, *, lr: float | None = None, weight_decay: float | None = None,
+def make_optimizer(defaults: str | Mapping[str, Any], *, lr: float | None = None, weight_decay: float | None = None,
                    grad_clip: float | None = None, anneal_steps: Sequence[int] = (),
                    anneal_factor: float | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """DLE's optimiser for a model kind, any setting overridable -> (transformation, lr schedule)."""
-    d = DEFAULTS[kind]
+    """DLE's optimiser, any setting overridable -> (transformation, lr schedule). `defaults`: a model kind
+    (its training task's `optimizer`, DLE's training-script settings) or such a dict."""
+    if isinstance(defaults, str):
+        from .tasks import task_for
+
+        defaults = task_for(defaults).optimizer
+    d = defaults
     schedule = dle_lr_schedule(d["lr"] if lr is None else lr, anneal_steps,
                                d["anneal_factor"] if anneal_factor is None else anneal_factor)
     tx = dle_adam(schedule, weight_decay=d["weight_decay"] if weight_decay is None else weight_decay,
@@ -94,8 +93,6 @@ def learning_rate(opt_state, schedule: optax.Schedule):
 # -- torch Adam state -> Optax ----------------------------------------------------------------------------------
 
 _BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
-_WN_SPELLINGS = ((".parametrizations.weight.original0", ".weight_g"),
-                 (".parametrizations.weight.original1", ".weight_v"))
 
 
 class TorchAdam(NamedTuple):
@@ -110,22 +107,13 @@ def read_torch_adam(path) -> TorchAdam:
     torch numbers an optimizer's tensors in `model.parameters()` order; a state_dict lists each module's
     parameters, then its buffers, then its children, so its keys without the buffers are that same order.
     """
-    from jtts.convert.tables import CheckpointError
-    from jtts.convert.torch_io import _torch
+    from jtts.convert.torch_io import normalize_key, read_pt
 
-    torch = _torch()
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_pt(path)
     opt = obj.get("optimizer") if isinstance(obj, dict) else None
     if not opt or not opt.get("state"):
         raise CheckpointError(f"{path}: holds no optimizer state (a training checkpoint has one)")
-    names = []
-    for key in obj["state_dict"]:
-        if key.endswith(_BUFFER_SUFFIXES):
-            continue
-        key = key[len("module."):] if key.startswith("module.") else key
-        for new, old in _WN_SPELLINGS:
-            key = key[: -len(new)] + old if key.endswith(new) else key
-        names.append(key)
+    names = [normalize_key(key) for key in obj["state_dict"] if not key.endswith(_BUFFER_SUFFIXES)]
     ids = [i for g in opt["param_groups"] for i in g["params"]]
     if len(ids) != len(names):
         raise CheckpointError(f"{path}: optimizer has {len(ids)} parameters, the model {len(names)}")
@@ -142,20 +130,18 @@ def read_torch_adam(path) -> TorchAdam:
     return TorchAdam(steps.pop(), m, v)
 
 
-def adam_state_from_torch(opt_state, adam: TorchAdam, table, key_sep: str = "."):
+def adam_state_from_torch(opt_state, adam: TorchAdam, table):
     """Puts torch's Adam moments and step count into a `dle_adam` state over flat {jtts name: array} params.
 
     `table` is the model's convert table (`jtts.convert.<kind>.table(cfg)`), the one both conversion
     directions use; moments go through the same layout transforms as the weights. The learning-rate schedule
     starts afresh (DLE's schedule is by epoch, which a fine-tune restarts).
     """
-    from jtts.convert.tables import CheckpointError
-
     mu, nu = {}, {}
     for rule in table:
         if rule.torch not in adam.exp_avg:
             continue  # buffers (BatchNorm statistics) have no moments
-        name = rule.jtts.replace("/", key_sep)
+        name = rule.jtts
         mu[name] = rule.layout.to_jtts(adam.exp_avg[rule.torch])
         nu[name] = rule.layout.to_jtts(adam.exp_avg_sq[rule.torch])
 
@@ -173,7 +159,6 @@ def adam_state_from_torch(opt_state, adam: TorchAdam, table, key_sep: str = ".")
     return jax.tree.map(replace, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
 
 
-def flat_params_to_torch(params: Mapping[str, Any], table, key_sep: str = ".") -> dict[str, np.ndarray]:
+def flat_params_to_torch(params: Mapping[str, Any], table) -> dict[str, np.ndarray]:
     """Flat jtts params (or gradients, or moments) -> DLE names and layouts, for comparisons and export."""
-    return {r.torch: np.asarray(r.layout.to_torch(np.asarray(params[r.jtts.replace("/", key_sep)])))
-            for r in table if r.jtts.replace("/", key_sep) in params}
+    return {r.torch: np.asarray(r.layout.to_torch(np.asarray(params[r.jtts]))) for r in table if r.jtts in params}

@@ -1,9 +1,11 @@
 """`jtts preprocess`: every training mel computed once into a cache (DLE's --load-mel-from-disk).
 
-Cache layout: OUT/mels/NAME.npy, one (80, frames) float32 log-mel per utterance, and OUT/manifest.json
-(format, mel settings, and per utterance: mel file, source audio, text, token ids, samples at 22050 Hz,
-the FILE:LINE it came from). Audio paths are absolute so WaveGlow batches can still read the clips;
-mel paths are relative so the cache can be moved.
+Cache layout: OUT/mels/NAME.npy, one (n_mels, frames) float32 log-mel per utterance, and OUT/manifest.json
+(format, the audio front end's settings, and per utterance: mel file, source audio, text, token ids, samples at
+the front end's rate,
+the FILE:LINE it came from). Mel paths are relative to the cache, and so are audio paths (which only WaveGlow
+batches read): a cache moved together with its dataset keeps working, and one moved without it still trains
+Tacotron 2 (WaveGlow then names the audio files it cannot find).
 
 A cache is complete exactly when its manifest exists. Each mel is written under a temporary name and
 renamed; an old manifest is deleted before anything is overwritten and the new one is renamed into place
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -21,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from jtts.errors import UsageError
 from jtts.files import atomic_write
-from jtts.train.datasets import (CACHE_FORMAT, CACHE_VERSION, DEFAULT_CLEANERS, MANIFEST, MEL_PARAMS, DataError,
-                                 Dataset, Report, _stderr, load_cache, load_dataset, mels_from_prepadded,
-                                 padded_samples, prepad, read_audio)
+from jtts.train.rundir import check_creatable, first_missing
+from jtts.train.datasets import (CACHE_FORMAT, CACHE_VERSION, DEFAULT_CLEANERS, MANIFEST, DataError,
+                                 Dataset, Report, _stderr, audio_in_cache, load_cache, load_dataset,
+                                 mels_from_prepadded, padded_samples, prepad, read_audio)
 
-__all__ = ["preprocess", "add_preprocess_parser", "run_preprocess"]
+__all__ = ["preprocess", "run_preprocess"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -64,20 +69,57 @@ def _names(dataset: Dataset) -> list[str]:
 
 def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds: float | None = None,
                cleaners=DEFAULT_CLEANERS, batch_size: int = 8, frame_step: int = 64, read_threads: int = 2,
-               report: Report | None = None, progress: Callable[[int, int], None] | None = None) -> Dataset:
+               report: Report | None = None, progress: Callable[[int, int], None] | None = None,
+               audio=None) -> Dataset:
     """Mels of every usable utterance of `data` (LJSpeech directory, filelist or Dataset) into `out_dir`;
     returns the cache as a Dataset. Bad entries, including audio whose body turns out unreadable, are
-    reported and skipped or fatal per `on_error`.
+    reported and skipped or fatal per `on_error`. audio: the front end (`jtts.frontend.AudioConfig`, the
+    model's; default DLE's).
 
     Mels are computed `batch_size` at a time with clips zero-padded to a multiple of `frame_step` frames,
     so `jtts.audio.mel_spectrogram` compiles once per multiple, not once per clip length; the values are
-    those of each clip on its own (see `jtts.train.datasets.prepad`)."""
-    report = _stderr if report is None else report
+    those of each clip on its own (see `jtts.train.datasets.prepad`).
+
+    The output is checked before the data set is read (a file, not writable, or a non-empty directory that
+    is not a mel cache: UsageError); a directory this call created is removed again if it fails."""
+    out = Path(out_dir)
+    _check_output(out)
+    created = first_missing(out)
+    try:
+        return _write_cache(data, out, root=root, on_error=on_error, max_seconds=max_seconds, cleaners=cleaners,
+                            batch_size=batch_size, frame_step=frame_step, read_threads=read_threads,
+                            report=_stderr if report is None else report, progress=progress, audio=audio)
+    except Exception:
+        # Not on KeyboardInterrupt: like a kill, it leaves a cache without a manifest, which nothing takes
+        # for complete, and the next run writes over it.
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _check_output(out: Path) -> None:
+    if not out.exists():
+        check_creatable(out)
+        return
+    if not out.is_dir():
+        raise UsageError(f"{out} is a file, not a cache directory")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"{out} is not writable")
+    shown = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if shown and not ((out / MANIFEST).is_file() or (out / "mels").is_dir()):
+        raise UsageError(f"{out} is not empty and is not a mel cache ({', '.join(shown[:3])}"
+                         f"{', ...' if len(shown) > 3 else ''}); choose a new or empty directory")
+
+
+def _write_cache(data, out: Path, *, root, on_error, max_seconds, cleaners, batch_size, frame_step, read_threads,
+                 report, progress, audio) -> Dataset:
+    if not isinstance(data, Dataset) and Path(data, MANIFEST).exists():
+        raise DataError(f"{data} is already a mel cache")
     dataset = load_dataset(data, root=root, on_error=on_error, max_seconds=max_seconds, cleaners=cleaners,
-                           report=report)
+                           report=report, audio=audio)
     if dataset.cached:
         raise DataError(f"{dataset.origin} is already a mel cache")
-    out = Path(out_dir)
+    fe = dataset.audio
     mel_dir = out / "mels"
     mel_dir.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
@@ -96,12 +138,12 @@ def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds:
             return i, None, e
 
     def flush(group, frames):
-        x = np.zeros((batch_size, padded_samples(frames)), np.float32)
+        x = np.zeros((batch_size, padded_samples(frames, fe)), np.float32)
         lengths = np.ones(batch_size, np.int64)
-        for r, (i, audio) in enumerate(group):
-            x[r] = prepad(audio, frames)
+        for r, (i, clip) in enumerate(group):
+            x[r] = prepad(clip, frames, fe)
             lengths[r] = dataset[i].frames
-        mels = mels_from_prepadded(x, lengths, frames)
+        mels = mels_from_prepadded(x, lengths, frames, fe)
         for r, (i, _) in enumerate(group):
             rel = f"mels/{names[i]}.npy"
             mel = np.ascontiguousarray(mels[r, :, :dataset[i].frames])
@@ -113,7 +155,7 @@ def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds:
 
     group, group_frames = [], None
     with ThreadPoolExecutor(max(1, read_threads)) as pool:
-        for i, audio, err in _bounded_map(pool, read, order, window=4 * batch_size):
+        for i, clip, err in _bounded_map(pool, read, order, window=4 * batch_size):
             if err is not None:
                 problems.append(str(err))
                 report(problems[-1])
@@ -124,16 +166,17 @@ def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds:
             if group and (frames != group_frames or len(group) == batch_size):
                 flush(group, group_frames)
                 group = []
-            group.append((i, audio))
+            group.append((i, clip))
             group_frames = frames
         if group:
             flush(group, group_frames)
 
     if not done:
         raise DataError(f"no usable utterances in {dataset.origin} ({len(problems)} bad entries skipped)", problems)
-    entries = [{"mel": done[i], "audio": u.audio, "text": u.text, "tokens": list(u.tokens), "samples": u.samples,
-                "frames": u.frames, "source": u.source} for i, u in enumerate(dataset) if i in done]
-    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "mel": MEL_PARAMS, "origin": dataset.origin,
+    entries = [{"mel": done[i], "audio": audio_in_cache(u.audio, out), "text": u.text, "tokens": list(u.tokens),
+                "samples": u.samples, "frames": u.frames, "source": u.source}
+               for i, u in enumerate(dataset) if i in done]
+    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "mel": fe.cache_params(), "origin": dataset.origin,
                 "problems": problems, "utterances": entries}
     _fsync_dir(mel_dir)
     with atomic_write(out / MANIFEST, "w") as f:
@@ -144,29 +187,8 @@ def preprocess(data, out_dir, *, root=None, on_error: str = "skip", max_seconds:
 
 # -- command line ---------------------------------------------------------------------------------------
 
-def add_preprocess_parser(subparsers):
-    """Register `preprocess` on an argparse subparsers object; its handler (args.func) returns an exit code."""
-    p = subparsers.add_parser(
-        "preprocess", help="compute training mels once into a cache (DLE's --load-mel-from-disk)",
-        description="Read an LJSpeech directory or a DLE filelist, report bad entries as FILE:LINE: reason, and "
-                    "write one log-mel .npy per utterance plus manifest.json (written last: a cache without it "
-                    "is incomplete). Audio at any sample rate is resampled to 22050 Hz; stereo becomes mono.")
-    p.add_argument("dataset", help="LJSpeech directory (metadata.csv + wavs/) or DLE filelist (path|text lines)")
-    p.add_argument("-o", "--output", required=True, help="cache directory to write")
-    p.add_argument("--dataset-path", help="directory the filelist's paths are relative to "
-                                          "(default: the current directory, as DLE)")
-    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
-                   help="bad entries (missing or unreadable audio, nothing speakable, too long): skip them "
-                        "(default) or stop with an error")
-    p.add_argument("--max-seconds", type=float, help="treat clips longer than this as bad entries")
-    p.add_argument("--text-cleaners", nargs="+", default=list(DEFAULT_CLEANERS),
-                   help="jtts.text cleaners (default: english_cleaners, as DLE)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (bad entries still shown)")
-    p.set_defaults(func=run_preprocess)
-    return p
-
-
-def run_preprocess(args) -> int:
+def run_preprocess(args, audio=None) -> int:
+    """`jtts preprocess`; audio: the front end (from --config / --set), default DLE's."""
     shown = [0]
 
     def progress(done, total):
@@ -176,8 +198,8 @@ def run_preprocess(args) -> int:
 
     try:
         cache = preprocess(args.dataset, args.output, root=args.dataset_path, on_error=args.on_error,
-                           max_seconds=args.max_seconds, cleaners=args.text_cleaners,
-                           progress=None if args.quiet else progress)
+                           max_seconds=args.max_seconds, cleaners=args.text_cleaners or DEFAULT_CLEANERS,
+                           progress=None if args.quiet else progress, audio=audio)
     except DataError as e:
         # The FILE:LINE lines were reported as found; the summary line is enough here.
         print(f"jtts preprocess: error: {str(e).splitlines()[0]}", file=sys.stderr)

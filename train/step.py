@@ -1,10 +1,12 @@
-"""Jitted, data-parallel training and evaluation steps for Tacotron 2 and WaveGlow.
+"""Jitted, data-parallel training and evaluation steps for any registered model (its `jtts.train.tasks` task
+says what a batch holds and what the loss is).
 
 State: a plain pytree of dicts so that Orbax, Optax and the convert tables see the same thing:
     params  {"encoder.convs.0.conv.kernel": f32 array, ...}   (nnx paths joined by ".")
     stats   BatchNorm running statistics, same naming (Tacotron 2 only; {} for WaveGlow)
     opt     the Optax state over `params`
-    step    batches consumed; loss_scale, good_steps: dynamic loss scaling (float16 only)
+    step    batches consumed; skipped: steps whose non-finite gradients were not applied (total, and
+            in_a_row: the current streak); loss_scale, good_steps: dynamic loss scaling (float16 only)
 
 Precision: parameters, gradients and the optimiser are float32; the model is built with the compute dtype,
 which rounds only matmul/conv operands (see jtts.tacotron2 / jtts.waveglow). float16 adds torch-GradScaler-
@@ -29,39 +31,42 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jtts.tacotron2 import Tacotron2
-from jtts.waveglow import WaveGlow
+from jtts import models
+from jtts.checkpoint import SEP
+from jtts.errors import UsageError
 
-from .losses import tacotron2_loss, waveglow_loss
+from .tasks import Task, task_for
 
-SEP = "."
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-BATCH_KEYS = {"tacotron2": ("tokens", "token_lengths", "mels", "mel_lengths", "gate"),
-              "waveglow": ("mels", "audio")}
-BN_MOMENTUM = 0.1  # torch's convention (weight of the new batch statistic)
 
 
 def global_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
 def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() when launched as one of several processes (explicit JAX coordinator
-    variables, SLURM or Open MPI); must run before anything touches a device."""
+    """jax.distributed.initialize() when launched as one of several processes: JAX_COORDINATOR_ADDRESS=HOST:PORT
+    (process 0's), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or SLURM / Open MPI, which JAX detects itself. Must run
+    before anything touches a device. Cross-process collectives on CPU use gloo (JAX's default)."""
     env = os.environ
-    multi = (env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
-             or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
-    if multi and not getattr(maybe_initialize_distributed, "done", False):
-        jax.distributed.initialize()
-        maybe_initialize_distributed.done = True
-
-
-def model_kind(model) -> str:
-    if isinstance(model, Tacotron2):
-        return "tacotron2"
-    if isinstance(model, WaveGlow):
-        return "waveglow"
-    raise TypeError(f"not a jtts model: {type(model).__name__}")
+    managed = int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    if not (managed or env.get("JAX_COORDINATOR_ADDRESS")) or getattr(maybe_initialize_distributed, "done", False):
+        return
+    kw = {}
+    for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if env.get(name):
+            try:
+                kw[key] = int(env[name])
+            except ValueError:
+                raise UsageError(f"{name}={env[name]!r} is not an integer") from None
+    if not managed and len(kw) < 2:
+        raise UsageError("JAX_COORDINATOR_ADDRESS is set: set JAX_NUM_PROCESSES and JAX_PROCESS_ID too "
+                         "(or unset it to train in one process)")
+    jax.distributed.initialize(**kw)
+    maybe_initialize_distributed.done = True
 
 
 def with_dtype(model, dtype):
@@ -69,8 +74,7 @@ def with_dtype(model, dtype):
     dtype = jnp.dtype(DTYPES.get(dtype, dtype))
     if model.dtype == dtype:
         return model
-    cls = type(model)
-    new = nnx.eval_shape(lambda: cls(model.config, dtype=dtype, rngs=nnx.Rngs(0)))
+    new = models.build(models.kind_of(model), model.config, dtype=dtype, abstract=True)
     nnx.update(new, nnx.state(model))
     return new
 
@@ -91,18 +95,21 @@ def _unflatten(flat, paths) -> nnx.State:
 class Trainer:
     """Holds the jitted steps for one model, compute dtype and mesh.
 
-    dropout: DLE's training-mode dropouts (encoder/postnet 0.5, attention/decoder per config); prenet_dropout
-    is separate because DLE keeps it on everywhere (0 turns it off, e.g. for parity checks). BatchNorm always
-    uses batch statistics in training and updates the running ones with torch's unbiased variance.
+    task: the model kind's training task (batch layout, loss; `jtts.train.tasks`), by default the registered
+    one with `task_options` (e.g. prenet_dropout=0.0 or guided_attention=1.0 for Tacotron 2).
+    dropout: DLE's training-mode dropouts (encoder/postnet 0.5, attention/decoder per config); Tacotron 2's
+    prenet dropout is a task option because DLE keeps it on everywhere. BatchNorm always uses batch
+    statistics in training and updates the running ones as torch does (the task's `update_stats`).
     """
 
     def __init__(self, model, tx: optax.GradientTransformation, schedule: Callable | None = None, *,
-                 dtype="float32", dropout: bool = True, prenet_dropout: float = 0.5, mesh: Mesh | None = None,
-                 loss_scaling: bool | None = None, init_scale: float = 2.0 ** 16, growth_interval: int = 2000):
-        self.kind = model_kind(model)
+                 dtype="float32", dropout: bool = True, task: Task | None = None, mesh: Mesh | None = None,
+                 loss_scaling: bool | None = None, init_scale: float = 2.0 ** 16, growth_interval: int = 2000,
+                 **task_options):
+        self.task = task if task is not None else task_for(model, **task_options)
+        self.kind = self.task.kind
         self.dtype = str(jnp.dtype(DTYPES.get(dtype, dtype)))
         self.tx, self.schedule = tx, schedule
-        self.prenet_dropout = float(prenet_dropout)
         self.loss_scaling = self.dtype == "float16" if loss_scaling is None else bool(loss_scaling)
         self.init_scale, self.growth_interval = float(init_scale), int(growth_interval)
         model = with_dtype(model, self.dtype)
@@ -136,7 +143,7 @@ class Trainer:
         state = dict(params=params, stats=fresh(self._stats0),
                      opt=self.tx.init(params) if opt_state is None else opt_state,
                      step=jnp.int32(0), loss_scale=jnp.float32(self.init_scale if self.loss_scaling else 1.0),
-                     good_steps=jnp.int32(0))
+                     good_steps=jnp.int32(0), skipped=jnp.int32(0), in_a_row=jnp.int32(0))
         return jax.device_put(state, self.replicated)
 
     def abstract_state(self) -> dict[str, Any]:
@@ -151,22 +158,33 @@ class Trainer:
         return nnx.merge(gd, _unflatten(state["params"], self._ppaths), _unflatten(state["stats"], self._spaths))
 
     def export_params(self, state) -> dict[str, np.ndarray]:
-        """{"a/b/c": array}: the naming of jtts model directories (jtts.checkpoint.save_model)."""
-        out = {k.replace(SEP, "/"): np.asarray(v) for k, v in state["params"].items()}
-        out.update({k.replace(SEP, "/"): np.asarray(v) for k, v in state["stats"].items()})
-        return out
+        """{"a.b.c": array} of weights and statistics, as jtts model directories hold them (save_model)."""
+        return {k: np.asarray(v) for k, v in {**state["params"], **state["stats"]}.items()}
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Host batch (this process's part on multi-host) -> global arrays sharded on the data axis."""
+        """Host batch (this process's rows of the global batch, in process order) -> global arrays sharded on
+        the data axis."""
         n = self.mesh.devices.size // jax.process_count()
         out = {}
-        for k in BATCH_KEYS[self.kind]:
+        for k in self.task.batch_keys:
             if k not in batch:
                 raise KeyError(f"{self.kind} batch lacks {k!r} (has {sorted(batch)})")
             a = np.asarray(batch[k])
             if a.shape[0] % n:
-                raise ValueError(f"batch size {a.shape[0]} is not a multiple of the {n} local devices")
+                raise UsageError(f"batch size {a.shape[0]} is not a multiple of the {n} local devices")
             out[k] = jax.make_array_from_process_local_data(self.batch_sharding, a)
+        return out
+
+    def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A batch every process holds whole (validation's) -> global arrays, sharded on the data axis when its
+        size divides the device count, else replicated (a last, smaller batch); each device gets its rows."""
+        keys = self.task.batch_keys
+        n = len(batch[keys[0]])
+        sharding = self.batch_sharding if n % self.mesh.devices.size == 0 else self.replicated
+        out = {}
+        for k in keys:
+            a = np.asarray(batch[k])
+            out[k] = jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index])
         return out
 
     # -- steps ----------------------------------------------------------------------------------------------
@@ -178,37 +196,11 @@ class Trainer:
         return self._train(state, batch, key)
 
     def eval_step(self, state, batch, key):
-        """-> dict(loss, parts, and for Tacotron 2 mel_postnet and alignments) with the model in eval mode."""
+        """-> dict(loss, parts, and for Tacotron 2 mel_postnet and alignments) with the model in eval mode.
+        A numpy batch is the whole batch, on every process (`global_batch`); outputs are replicated."""
         if isinstance(next(iter(batch.values())), np.ndarray):
-            n = self.mesh.devices.size // jax.process_count()
-            if len(next(iter(batch.values()))) % n == 0:
-                batch = self.shard_batch(batch)
-            else:
-                batch = jax.device_put({k: np.asarray(batch[k]) for k in BATCH_KEYS[self.kind]}, self.replicated)
+            batch = self.global_batch(batch)
         return self._eval(state, batch, key)
-
-    def _forward(self, model, batch, key):
-        if self.kind == "tacotron2":
-            out = model(batch["tokens"], batch["token_lengths"], batch["mels"], batch["mel_lengths"],
-                        prenet_dropout=self.prenet_dropout, key=key)
-            loss, parts = tacotron2_loss(out, batch["mels"], batch["gate"])
-            return loss, parts, out
-        out = model(batch["mels"], batch["audio"])
-        loss, parts = waveglow_loss(out)
-        return loss, parts, out
-
-    def _unbiased_running_var(self, old, new, batch):
-        """flax moves running_var toward the biased batch variance, torch toward the unbiased one."""
-        if self.kind != "tacotron2":
-            return new
-        b = batch["tokens"].shape[0]
-        counts = {"encoder": b * batch["tokens"].shape[1], "postnet": b * batch["mels"].shape[2]}
-        out = dict(new)
-        for k, v in new.items():
-            if k.endswith(SEP + "var"):
-                n = counts[k.split(SEP)[0]]
-                out[k] = v + (v - (1.0 - BN_MOMENTUM) * old[k]) / max(n - 1, 1)
-        return out
 
     def loss_and_grads(self, state, batch, key):
         """-> (loss, parts, float32 gradients by parameter name), unscaled; for checks and debugging."""
@@ -221,7 +213,7 @@ class Trainer:
 
         def loss_fn(p):
             model = nnx.merge(self._train_def, _unflatten(p, self._ppaths), _unflatten(state["stats"], self._spaths))
-            loss, parts, _ = self._forward(model, batch, key)
+            loss, parts, _ = self.task.forward(model, batch, key)
             stats = flatten(nnx.state(model, nnx.BatchStat))
             return (loss * scale if self.loss_scaling else loss), (loss, parts, stats)
 
@@ -236,7 +228,7 @@ class Trainer:
         # Keeps XLA from fusing the backward pass into the optimizer's elementwise loops: on CPU that fusion
         # recomputes gradient producers per consumer (WaveGlow's step ran 2.5x slower with it).
         grads = jax.lax.optimization_barrier(grads)
-        stats = self._unbiased_running_var(state["stats"], stats, batch)
+        stats = self.task.update_stats(state["stats"], stats, batch)
         grad_norm = global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -248,7 +240,8 @@ class Trainer:
         # parameters with Adam's moments) once more every step
         new_params, opt, stats = jax.lax.cond(finite, apply, lambda _: (params, state["opt"], state["stats"]), None)
         new_state = dict(params=new_params, stats=stats, opt=opt, step=state["step"] + 1, loss_scale=scale,
-                         good_steps=state["good_steps"])
+                         good_steps=state["good_steps"], skipped=state["skipped"] + jnp.where(finite, 0, 1),
+                         in_a_row=jnp.where(finite, 0, state["in_a_row"] + 1))
         if self.loss_scaling:
             good = jnp.where(finite, state["good_steps"] + 1, 0)
             grow = good >= self.growth_interval
@@ -260,11 +253,8 @@ class Trainer:
     def _eval_step(self, state, batch, key):
         model = nnx.merge(self._eval_def, _unflatten(state["params"], self._ppaths),
                           _unflatten(state["stats"], self._spaths))
-        loss, parts, out = self._forward(model, batch, key)
-        res = dict(loss=loss, **parts)
-        if self.kind == "tacotron2":
-            res.update(mel_postnet=out[1], alignments=out[3])
-        return res
+        loss, parts, out = self.task.forward(model, batch, key)
+        return dict(loss=loss, **parts, **self.task.eval_outputs(out))
 
     def lr(self, state) -> float | None:
         """The learning rate of the next update."""
@@ -277,7 +267,5 @@ class Trainer:
     # -- throughput -----------------------------------------------------------------------------------------
 
     def items(self, batch) -> int:
-        """DLE's throughput unit: mel frames (sum of lengths) for Tacotron 2, audio samples for WaveGlow."""
-        if self.kind == "tacotron2":
-            return int(np.sum(np.asarray(batch["mel_lengths"])))
-        return int(np.prod(np.shape(batch["audio"])))
+        """Throughput in the task's unit (DLE's: mel frames for Tacotron 2, audio samples for WaveGlow)."""
+        return self.task.items(batch)

@@ -1,0 +1,193 @@
+"""Training across processes: `jtts train` in two processes on this machine (jax.distributed over localhost, gloo
+CPU collectives), two CPU devices each, gives the losses of one process with four devices, step by step; each
+process reads its own block of every global batch; checkpoints are saved and restored by both; validation
+across processes equals validation of the same weights in one process."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_train_data import write_ljspeech
+from train_helpers import TINY_TACOTRON2
+
+BATCH = 4
+STEPS = 20
+# short clips: the decoder runs few steps (each of which all-reduces gradient parts across processes)
+CLIPS = [(f"MP-{i:04d}", sr, sec, 1, text, text) for i, (sr, sec, text) in enumerate([
+    (22050, 0.20, "A short one."), (16000, 0.15, "Two words."), (22050, 0.25, "Somewhat longer than that."),
+    (22050, 0.12, "Hi."), (16000, 0.22, "Sixteen kilohertz."), (22050, 0.18, "Five of eight."),
+    (22050, 0.10, "Six."), (22050, 0.24, "The last of the eight clips.")])]
+# The same global batches in the same order, so one step's numbers differ only by the order in which the gradient
+# and loss all-reduces add the devices' parts (XLA's in-process reduction vs gloo's ring): the losses of the two
+# runs differ by at most a few float32 ulps of the loss (measured: 1.3e-7 of it, about 1 ulp, at every step: the
+# difference does not grow). MSE + MSE + BCE are non-negative terms, so the loss is their scale; 1e-6 of it is
+# 8 to 17 ulps.
+LOSS_RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Mel caches (so that no run compiles the mel computation): training, and validation of 7 clips, batches of
+    4 and 3, the last not divisible by the 4 devices (it runs replicated)."""
+    from jtts.train.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("mp")
+    lj = write_ljspeech(root / "LJSpeech-1.1", CLIPS)
+    (root / "val.txt").write_text("".join(f"{lj / 'wavs' / c[0]}.wav|{c[5]}\n" for c in CLIPS[:7]))
+    preprocess(lj, root / "train", frame_step=32)
+    preprocess(root / "val.txt", root / "val", frame_step=32)
+    (root / "tiny.json").write_text(json.dumps({**TINY_TACOTRON2, "n_symbols": 148}))
+    return root
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["tacotron2", "waveglow"])
+def test_each_process_reads_its_own_block_of_every_global_batch(data, kind):
+    """Shards (0, 2) and (1, 2) read disjoint rows whose concatenation is the global batch of one process, in
+    its row order and bucket; their loader states are interchangeable (process 0's is what a checkpoint holds)."""
+    from jtts.train.data import tacotron2_batches, waveglow_batches
+
+    def make(shard):
+        if kind == "tacotron2":
+            return tacotron2_batches(data / "train", BATCH, seed=3, buckets=2, shard=shard)
+        return waveglow_batches(data / "LJSpeech-1.1", BATCH, seed=3, segment_length=2048, shard=shard)
+
+    whole, first, second = make((0, 1)), make((0, 2)), make((1, 2))
+    for w, a, b in zip(_take(whole, 5), _take(first, 5), _take(second, 5)):
+        assert set(w) == set(a) == set(b)
+        for k in w:
+            assert len(a[k]) == len(b[k]) == BATCH // 2
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), w[k], err_msg=k)
+        rows = "tokens" if kind == "tacotron2" else "audio"
+        assert not {r.tobytes() for r in a[rows]} & {r.tobytes() for r in b[rows]}
+    assert first.get_state() == second.get_state()
+    resumed = make((1, 2))
+    resumed.set_state(first.get_state())
+    np.testing.assert_array_equal(next(resumed)["mels"], next(second)["mels"])
+
+
+_TWO_RUNS = textwrap.dedent("""
+    import sys
+    from jtts.cli import main
+
+    out, argv = sys.argv[1], sys.argv[2:]
+    # steps 1-10, a checkpoint, then a resumed run to 20 in the same processes: both save and restore go
+    # through Orbax with two processes (compiled programs are reused from the persistent cache)
+    rc = main(argv + ["-o", out, "--steps", "10"])
+    if rc == 0:
+        rc = main(argv + ["-o", out, "--steps", "20", "--resume"])
+    sys.exit(rc)
+""")
+
+_REFERENCE = textwrap.dedent("""
+    import json, sys
+    import jax
+    from jtts import models
+    from jtts.cli import main
+    from jtts.train.data import load_dataset, tacotron2_batches
+    from jtts.train.loop import VAL_KEY, validate
+    from jtts.train.optim import make_optimizer
+    from jtts.train.step import Trainer
+
+    # one process, 4 devices: the same training run, then validation of the two processes' final weights
+    out, model_dir, train_data, val_data, batch, seed, argv = *sys.argv[1:7], sys.argv[7:]
+    if main(argv + ["-o", out]) != 0:
+        sys.exit(1)
+    model = models.load(model_dir)
+    trainer = Trainer(model, make_optimizer("tacotron2")[0])
+    buckets = tacotron2_batches(train_data, int(batch), buckets=1).buckets  # the run's (--buckets 1)
+    val = trainer.task.val_batches(load_dataset(val_data), int(batch), buckets=buckets)
+    out = validate(trainer, trainer.init_state(), val, jax.random.fold_in(jax.random.key(int(seed)), VAL_KEY))
+    print("VAL " + json.dumps(out))
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp, devices: int, **extra) -> dict:
+    tests = Path(__file__).parent
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
+            "JAX_COMPILATION_CACHE_DIR": str(tmp / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]),
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def _wait(procs, timeout=600):
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs]
+
+
+def _events(run, event):
+    return [e for e in (json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines())
+            if e["event"] == event]
+
+
+def test_two_processes_give_one_process_s_losses_and_validation(data, tmp_path):
+    common = ["train", "tacotron2", "--data", str(data / "train"), "--config", str(data / "tiny.json"),
+              "--batch-size", str(BATCH), "--buckets", "1", "--log-every", "1", "--ckpt-every", "10", "--seed", "7",
+              "--no-progress"]
+    mp, one = tmp_path / "mp", tmp_path / "ref"
+    (tmp_path / "two_runs.py").write_text(_TWO_RUNS)
+    (tmp_path / "reference.py").write_text(_REFERENCE)
+    port = _free_port()
+    # the pair first, with both cores (a process waiting in a collective for a descheduled peer burns time)
+    pair = [subprocess.Popen([sys.executable, str(tmp_path / "two_runs.py"), str(mp), *common, "--val",
+                              str(data / "val"), "--val-every", "10"],
+                             env=_env(tmp_path, 2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=2,
+                                      JAX_PROCESS_ID=i),
+                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"err{i}.txt", "w"))
+            for i in (0, 1)]
+    codes = _wait(pair)
+    errs = {name: (tmp_path / f"{name}.txt").read_text()[-3000:] for name in ("err0", "err1")}
+    assert codes == [0, 0], errs
+    check = subprocess.run([sys.executable, str(tmp_path / "reference.py"), str(one), str(mp / "model"),
+                            str(data / "train"), str(data / "val"), str(BATCH), "7", *common, "--steps", str(STEPS)],
+                           env=_env(tmp_path, 4), capture_output=True, text=True, timeout=600)
+    assert check.returncode == 0, check.stderr[-3000:]
+
+    mp, one = tmp_path / "mp", tmp_path / "ref"
+    # process 0 wrote one log line per step, across the resume; both processes saved and restored the checkpoints
+    assert not any(e.strip() for e in errs.values()), errs
+    assert [e["step"] for e in _events(mp, "train")] == list(range(1, STEPS + 1))
+    assert [e["step"] for e in _events(mp, "resume")] == [10]
+    assert sorted(int(p.name) for p in (mp / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
+    rows = []
+    for a, b in zip(_events(mp, "train"), _events(one, "train")):
+        assert a["step"] == b["step"]
+        worst = max(abs(a[k] - b[k]) for k in ("loss", "mel", "postnet", "gate")) / b["loss"]
+        rows.append(worst)
+    print(f"largest loss difference over {STEPS} steps: {max(rows):.1e} of the loss")
+    assert len(rows) == STEPS and max(rows) <= LOSS_RTOL, rows
+
+    # validation of the two processes (batches of 4 sharded, then 3 replicated) against one process validating
+    # the same final weights with the same prenet dropout keys (the runs' weights themselves differ: a conv bias
+    # that feeds BatchNorm has a null gradient, and Adam turns the rounding noise it gets into full steps, which
+    # the running means follow -- see test_train_precision)
+    alone = json.loads(next(line for line in check.stdout.splitlines() if line.startswith("VAL "))[4:])
+    logged = _events(mp, "val")[-1]
+    assert logged["step"] == STEPS
+    diff = max(abs(logged[k] - alone[k]) for k in ("loss", "mel", "postnet", "gate")) / alone["loss"]
+    print(f"validation: {logged['loss']:.6f} in two processes, {alone['loss']:.6f} in one ({diff:.1e} of it)")
+    assert diff <= LOSS_RTOL, (logged, alone)
