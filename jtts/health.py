@@ -140,5 +140,5 @@ def alignment_health(align, steps, lengths) -> dict:
 def rows(health: dict, frames, stops, limits: Limits = DEFAULT_LIMITS) -> list[Health]:
     """`alignment_health`'s batched output (any array type) -> one judged Health per row."""
     host = {k: np.asarray(v) for k, v in health.items()}
-    return [judge(int(f), st, {k: host[k][r].item() for k in METRICS}, limits)
+    return [judge(int(f), str(st), {k: host[k][r].item() for k in METRICS}, limits)
             for r, (f, st) in enumerate(zip(frames, stops))]

@@ -3,6 +3,8 @@
 A failed sentence is decoded again with a new prenet dropout key, up to `tries` decodes in all; if it still
 fails it is split in two at the clause mark (else the space) nearest its middle, and each half is repaired the
 same way, down to `max_depth` splits. Failures are decoded again together, in batches, round after round.
+Every decode but a sentence's first reads its text ended by a full stop (`closed`): models trained on
+punctuated sentences (LJSpeech, espeak corpora) often never fire their stop gate on text that just ends.
 
 What is kept: a sentence that passes on some try keeps that decode; a split sentence keeps its pieces when at
 least one piece passes; otherwise the sentence keeps its first decode and is reported as failed (its status is
@@ -91,6 +93,17 @@ def block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def closed(text: str) -> str:
+    """`text` ending with sentence punctuation: a trailing comma, semicolon, colon or dash becomes a full stop,
+    and a full stop is added after a bare word (closing quotes and brackets stay last)."""
+    body = text.rstrip()
+    tail = len(body) - len(body.rstrip("\"')]\u201d\u2019"))
+    core, quotes = body[:len(body) - tail], body[len(body) - tail:]
+    if core.endswith((".", "!", "?", "\u2026")):
+        return body
+    return core.rstrip(",;:-\u2013\u2014 ") + "." + quotes
+
+
 def split_in_two(text: str) -> tuple[str, str] | None:
     """Two halves of `text` at the clause mark nearest its middle if one lies in the middle half, else at the
     space nearest the middle; None for a single word. Both halves must hold something to speak."""
@@ -133,13 +146,20 @@ def decode_rows(tacotron2, seqs: list[list[int]], keys: list[jax.Array], *, max_
 @dataclass
 class _Node:
     text: str
-    ids: list[int]
+    ids: list[int]   # the text's ids as given; later tries (and split pieces) read `closed(text)`
     key: jax.Array
     depth: int
     attempts: int = 0
     first: Decoded | None = None
     good: Decoded | None = None
     children: list["_Node"] = field(default_factory=list)
+
+    def decode_ids(self) -> list[int]:
+        from jtts.text import text_to_sequence
+
+        if self.attempts == 0 and self.depth == 0:
+            return self.ids
+        return text_to_sequence(closed(self.text))
 
     def decode_key(self) -> jax.Array:
         if self.attempts == 0:
@@ -153,8 +173,6 @@ def repair(decode: Callable[[list[list[int]], list[jax.Array]], list[Decoded]],
     """sentences: (text, symbol ids, sentence key) -> an Outcome each. decode(seqs, prenet keys) decodes one
     batch (`decode_rows` with the settings bound). tries=1 and max_depth=0 turn repair off. stop: None, or a
     threading.Event checked before every batch (raises Cancelled)."""
-    from jtts.text import text_to_sequence
-
     roots = [_Node(text, ids, key, 0) for text, ids, key in sentences]
     pending = list(roots)
     while pending:
@@ -163,7 +181,7 @@ def repair(decode: Callable[[list[list[int]], list[jax.Array]], list[Decoded]],
             if stop is not None and stop.is_set():
                 raise Cancelled
             part = pending[b:b + batch_size]
-            decoded += decode([n.ids for n in part], [n.decode_key() for n in part])
+            decoded += decode([n.decode_ids() for n in part], [n.decode_key() for n in part])
         retry = []
         for node, d in zip(pending, decoded):
             node.attempts += 1
@@ -173,8 +191,8 @@ def repair(decode: Callable[[list[list[int]], list[jax.Array]], list[Decoded]],
             elif node.attempts < tries:
                 retry.append(node)
             elif node.depth < max_depth and (halves := split_in_two(node.text)):
-                node.children = [_Node(t, text_to_sequence(t), jax.random.fold_in(jax.random.fold_in(node.key, 3), i),
-                                       node.depth + 1) for i, t in enumerate(halves)]
+                node.children = [_Node(t, [], jax.random.fold_in(jax.random.fold_in(node.key, 3), i), node.depth + 1)
+                                 for i, t in enumerate(halves)]
                 retry += node.children
         pending = retry
     return [_outcome(root) for root in roots]

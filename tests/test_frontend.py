@@ -165,17 +165,3 @@ def test_a_cache_of_another_front_end_is_refused(runs16, lj, tmp_path, capsys):
     assert _main(["preprocess", str(lj), "-o", str(tmp_path / "c"), "--config", str(runs16 / "taco" / "model"),
                   "-q"]) == 0
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["mel"]["sample_rate"] == 16000
-
-
-def test_16khz_model_synthesizes_at_16khz(runs16, tmp_path, capsys):
-    """`jtts synthesize` writes the models' rate; a 16 kHz Tacotron 2 with a 22050 Hz WaveGlow is refused."""
-    out = tmp_path / "a.wav"
-    argv = ["synthesize", "Hello there.", "--tacotron2", str(runs16 / "taco" / "model"), "--offline", "-q",
-            "--denoise", "0", "--max-decoder-steps", "12", "--gate-threshold", "1", "--no-retry"]
-    assert _main(argv + ["--waveglow", str(runs16 / "wg" / "model"), "-o", str(out)]) == 0, capsys.readouterr().err
-    info = sf.info(out)
-    assert info.samplerate == 16000 and info.frames == 12 * 256, info
-    other = _save(tmp_path, "waveglow", TINY_WAVEGLOW)
-    assert _main(argv + ["--waveglow", str(other), "-o", str(tmp_path / "b.wav")]) == 1
-    err = capsys.readouterr().err
-    assert "different audio front ends (sample_rate 16000 vs 22050)" in err, err

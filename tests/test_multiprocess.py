@@ -4,6 +4,7 @@ process reads its own block of every global batch; checkpoints are saved and res
 across processes equals validation of the same weights in one process."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -35,16 +36,21 @@ LOSS_RTOL = 1e-6
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Mel caches (so that no run compiles the mel computation): training, and validation of 7 clips, batches of
-    4 and 3, the last not divisible by the 4 devices (it runs replicated)."""
+    """Mel caches: training, and validation of 7 clips, batches of 4 and 3, the last not divisible by the 4 devices
+    (it runs replicated); and the tiny model all runs start from (--init-from: loading it compiles nothing, while
+    a fresh model's initialisers compile one program per tensor shape in every process)."""
+    from jtts import models
+    from jtts.checkpoint import flat_state, save_model
     from jtts.train.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("mp")
+    model = models.build("tacotron2", {**TINY_TACOTRON2, "n_symbols": 148}, seed=7)
+    save_model(root / "init", "tacotron2", dataclasses.asdict(model.config),
+               {k: np.asarray(v.get_value()) for k, v in flat_state(model).items()})
     lj = write_ljspeech(root / "LJSpeech-1.1", CLIPS)
     (root / "val.txt").write_text("".join(f"{lj / 'wavs' / c[0]}.wav|{c[5]}\n" for c in CLIPS[:7]))
     preprocess(lj, root / "train", frame_step=32)
     preprocess(root / "val.txt", root / "val", frame_step=32)
-    (root / "tiny.json").write_text(json.dumps({**TINY_TACOTRON2, "n_symbols": 148}))
     return root
 
 
@@ -145,7 +151,7 @@ def _events(run, event):
 
 
 def test_two_processes_give_one_process_s_losses_and_validation(data, tmp_path):
-    common = ["train", "tacotron2", "--data", str(data / "train"), "--config", str(data / "tiny.json"),
+    common = ["train", "tacotron2", "--data", str(data / "train"), "--init-from", str(data / "init"),
               "--batch-size", str(BATCH), "--buckets", "1", "--log-every", "1", "--ckpt-every", "10", "--seed", "7",
               "--no-progress"]
     mp, one = tmp_path / "mp", tmp_path / "ref"

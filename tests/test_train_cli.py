@@ -82,7 +82,7 @@ def test_fine_tune_from_converted_ngc_checkpoint(ngc, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, needle, code", [
-    (["--init-from", "/nonexistent/model"], "/nonexistent/model", 1),
+    (["--init-from", "/nonexistent/model"], "/nonexistent/model", 2),
     (["--data", "/nonexistent/filelist.txt"], "/nonexistent/filelist.txt", 1),
     (["--init-optimizer", "x.pt"], "--init-optimizer needs --init-from", 2),
 ])
@@ -155,7 +155,7 @@ def _output_case(tmp_path, case):
     ("other-kind", ["--resume"], "holds a waveglow run, not tacotron2"),
     ("other-config", [], "already holds checkpoints (steps up to 5); pass --resume"),
     ("other-config", ["--resume"],
-     "it was saved with other settings: config (--config/--init-from): attention_dim 128 (this command: 24)"),
+     "it was saved with other settings: config (--config/--set/--init-from): attention_dim 128 (this command: 24)"),
 ])
 def test_output_is_checked_before_any_data_loads(tmp_path, capsys, case, extra, needle):
     """The data set named does not exist: reaching it would be exit 1 naming it, not exit 2 naming the output."""

@@ -125,7 +125,7 @@ def test_no_readable_checkpoint_is_one_error_and_moves_nothing(trainer, runs, tm
 
 
 @pytest.mark.parametrize("change, needle", [
-    (dict(config=dict(attention_dim=8)), "config (--config/--init-from): attention_dim 16 (this command: 8)"),
+    (dict(config=dict(attention_dim=8)), "config (--config/--set/--init-from): attention_dim 16 (this command: 8)"),
     (dict(dtype="bfloat16"), "dtype 'float32' (this command: 'bfloat16') (--dtype)"),
     (dict(meta=dict(batch_size=8)), "batch_size"),
     (dict(task=dict(prenet_dropout=0.0)), "prenet_dropout 0.5 (this command: 0.0) (--prenet-dropout)"),

@@ -68,6 +68,9 @@ def _run_jobs(jobs: list[dict], parallel: int = 2) -> list[dict]:
 
 
 def _spawn(job: dict) -> int:
+    # created before the fork: a child killed by a delay before it opened them still leaves them to read
+    for name in ("stdout", "stderr", "events"):
+        open(job[name], "wb").close()
     pid = os.fork()
     if pid:
         return pid
