@@ -31,6 +31,7 @@ import numpy as np
 
 from jtts.audio import SAMPLE_RATE
 from jtts.chunked import CHUNK_FRAMES
+from jtts.frontend import shared_frontend
 from jtts.health import DEFAULT_LIMITS, Health, Limits
 from jtts.repair import Cancelled, Outcome, block_diagonal
 from jtts.sentences import MAX_CHARS, NothingToSpeak, Prepared, prepare
@@ -70,7 +71,8 @@ class Settings:
 
 @dataclass
 class Spoken:
-    """One sentence, as `iter_sentences` yields it: float32 audio at 22050 Hz and what became of it."""
+    """One sentence, as `iter_sentences` yields it: float32 audio at the models' sample rate and what became of
+    it."""
     utterance: int         # index of its utterance (text) in the input
     index: int             # index of the sentence in its utterance
     text: str
@@ -78,6 +80,7 @@ class Spoken:
     outcome: Outcome       # pieces kept (mel, alignment, health each), decodes made, status
     last: bool             # the last sentence of its utterance
     utterance_text: str = ""
+    sample_rate: int = SAMPLE_RATE  # the models' front end's (DLE's 22050 Hz unless trained otherwise)
 
     @property
     def health(self) -> Health:
@@ -91,13 +94,14 @@ class Spoken:
 @dataclass
 class Utterance:
     text: str
-    audio: np.ndarray              # float32 (samples,) at 22050 Hz
+    audio: np.ndarray              # float32 (samples,) at sample_rate
     mel: np.ndarray                # float32 (80, frames): the sentences' mels, concatenated
     alignments: list[np.ndarray]   # per sentence, float32 (frames_j, symbols_j); a split one's pieces block-diagonal
     sentences: list[str] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)  # per sentence: pieces, tries, status, health
     spans: list[tuple[float, float]] = field(default_factory=list)  # per sentence (start, length) in seconds
     index: int = 0
+    sample_rate: int = SAMPLE_RATE  # the models' front end's
 
     @property
     def health(self) -> list[Health]:
@@ -119,7 +123,7 @@ class Utterance:
 
     @property
     def seconds(self) -> float:
-        return len(self.audio) / SAMPLE_RATE
+        return len(self.audio) / self.sample_rate
 
     @property
     def alignment(self) -> np.ndarray:
@@ -183,6 +187,7 @@ def iter_sentences(texts: Iterable[str | Prepared], tacotron2, waveglow: WaveGlo
     t0 = time.perf_counter()
     vocoder = waveglow.inference()
     clock["waveglow"] += time.perf_counter() - t0
+    rate = shared_frontend(tacotron2, vocoder).sample_rate  # refuses a vocoder trained on other mels
 
     jobs = [(u, j) for u, p in enumerate(utts) for j in range(len(p.ids))]
     root = jax.random.key(s.seed)
@@ -196,8 +201,9 @@ def iter_sentences(texts: Iterable[str | Prepared], tacotron2, waveglow: WaveGlo
     n_out = 0
     for batch, outcomes in decoded:
         for (u, j), outcome in sorted(zip(batch, outcomes), key=lambda x: x[0]):
-            audio = _vocode(outcome, vocoder, denoiser, s, clock)
-            done[u, j] = Spoken(u, j, utts[u].sentences[j], audio, outcome, j == len(utts[u].ids) - 1, utts[u].text)
+            audio = _vocode(outcome, vocoder, denoiser, s, clock, rate)
+            done[u, j] = Spoken(u, j, utts[u].sentences[j], audio, outcome, j == len(utts[u].ids) - 1, utts[u].text,
+                                rate)
             while n_out < len(jobs) and jobs[n_out] in done:
                 spoken = done.pop(jobs[n_out])
                 n_out += 1
@@ -235,7 +241,7 @@ def _decode_batch(batch, utts, tacotron2, s: Settings, root, clock, stop=None) -
     return out
 
 
-def _vocode(outcome: Outcome, vocoder, denoiser, s: Settings, clock) -> np.ndarray:
+def _vocode(outcome: Outcome, vocoder, denoiser, s: Settings, clock, rate: int) -> np.ndarray:
     """WaveGlow and the denoiser for each piece kept of a sentence; pieces joined by half a pause."""
     from jtts.chunked import chunked_infer
 
@@ -251,7 +257,7 @@ def _vocode(outcome: Outcome, vocoder, denoiser, s: Settings, clock) -> np.ndarr
             audio = np.asarray(denoiser(audio, strength=s.denoise))
             clock["denoiser"] += time.perf_counter() - t2
         if i:
-            pieces.append(np.zeros(int(round(s.pause / 2 * SAMPLE_RATE)), np.float32))
+            pieces.append(np.zeros(int(round(s.pause / 2 * rate)), np.float32))
         pieces.append(audio[0].astype(np.float32))
     return np.concatenate(pieces)
 
@@ -294,19 +300,21 @@ def _ahead(fn: Callable, items: list) -> Iterator[tuple]:
 
 
 def _assemble(parts: list[Spoken], pause: float) -> Utterance:
-    gap = np.zeros(int(round(pause * SAMPLE_RATE)), np.float32)
+    rate = parts[0].sample_rate
+    gap = np.zeros(int(round(pause * rate)), np.float32)
     pieces, spans, at = [], [], 0
     for j, p in enumerate(parts):
         if j:
             pieces.append(gap)
             at += len(gap)
-        spans.append((at / SAMPLE_RATE, len(p.audio) / SAMPLE_RATE))
+        spans.append((at / rate, len(p.audio) / rate))
         pieces.append(p.audio)
         at += len(p.audio)
     outcomes = [p.outcome for p in parts]
     return Utterance(text=parts[0].utterance_text, audio=np.concatenate(pieces),
                      mel=np.concatenate([o.mel for o in outcomes], axis=1), alignments=[o.alignment for o in outcomes],
-                     sentences=[p.text for p in parts], outcomes=outcomes, spans=spans, index=parts[0].utterance)
+                     sentences=[p.text for p in parts], outcomes=outcomes, spans=spans, index=parts[0].utterance,
+                     sample_rate=rate)
 
 
 # -- batches of sentences from different callers (jtts serve) ---------------------------------------------------

@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
     s.add_argument("--pause", type=cli._number_in(0, 60), default=0.2,
                    help="silence between sentences, 0 to 60 seconds (default 0.2)")
     s.add_argument("--sample-rate", type=cli._int_in(1000, 192_000),
-                   help="resample the output, 1000 to 192000 Hz (default: 22050, the model's)")
+                   help="resample the output, 1000 to 192000 Hz (default: the models' own, 22050 Hz for NGC's)")
     s.add_argument("--subtype", choices=SUBTYPES,
                    help="sample format of .wav (PCM_16, PCM_24, FLOAT) and .flac (PCM_16, PCM_24); default PCM_16")
     s.add_argument("--float", action="store_true", help="same as --subtype FLOAT (32-bit float WAV)")
@@ -402,20 +402,19 @@ def _load_models(args):
 
 
 def _speak_files(args, out: _Output, items, prepared, models, settings, timings, progress, max_steps):
-    from jtts.audio import SAMPLE_RATE
     from jtts.pipeline import iter_synthesize
 
     width = max(4, len(str(len(prepared))))
-    rate = args.sample_rate or SAMPLE_RATE
     rows, audio_s, t_write = [], 0.0, 0.0
     for utt in iter_synthesize(prepared, *models, timings=timings, progress=progress, **settings):
         t1 = time.perf_counter()
         wav = out.path / f"{utt.index + 1:0{width}d}.wav" if out.as_dir else out.path
+        rate = args.sample_rate or utt.sample_rate  # the models' unless --sample-rate asks for another
         audio = utt.audio
-        if rate != SAMPLE_RATE:
+        if rate != utt.sample_rate:
             import soxr
 
-            audio = soxr.resample(audio, SAMPLE_RATE, rate)
+            audio = soxr.resample(audio, utt.sample_rate, rate)
         _save_audio(wav, audio, rate, out.fmt, out.subtype)
         if args.save_mel:
             _save_npy(wav.with_suffix(".npy"), utt.mel)
@@ -437,13 +436,14 @@ def _speak_files(args, out: _Output, items, prepared, models, settings, timings,
 def _speak_stream(args, out: _Output, items, prepared, models, settings, timings, progress, max_steps):
     import numpy as np
 
-    from jtts.audio import SAMPLE_RATE
+    from jtts.frontend import shared_frontend
     from jtts.pipeline import iter_sentences
-
     from jtts.wavstream import AudioStream
 
-    stream = AudioStream(sys.stdout.buffer, args.sample_rate or SAMPLE_RATE, out.subtype, out.fmt == "RAW")
-    gap = np.zeros(int(round(args.pause * SAMPLE_RATE)), np.float32)
+    model_rate = shared_frontend(*models[:2]).sample_rate
+    rate = args.sample_rate or model_rate
+    stream = AudioStream(sys.stdout.buffer, rate, out.subtype, out.fmt == "RAW", source_rate=model_rate)
+    gap = np.zeros(int(round(args.pause * model_rate)), np.float32)
     rows, current, at, t_write = [], [], 0, 0.0
     for spoken in iter_sentences(prepared, *models, timings=timings, progress=progress, **settings):
         t1 = time.perf_counter()
@@ -452,8 +452,8 @@ def _speak_stream(args, out: _Output, items, prepared, models, settings, timings
             at += len(gap)
         stream.write(spoken.audio)
         where = items[spoken.utterance][0]
-        current.append(_Row("-", where, spoken.index, len(prepared[spoken.utterance].ids), at / SAMPLE_RATE,
-                            len(spoken.audio) / SAMPLE_RATE, spoken.outcome, spoken.text))
+        current.append(_Row("-", where, spoken.index, len(prepared[spoken.utterance].ids), at / model_rate,
+                            len(spoken.audio) / model_rate, spoken.outcome, spoken.text))
         at += len(spoken.audio)
         if spoken.last:
             warning = _failure_warning(current, where, max_steps)
@@ -462,7 +462,7 @@ def _speak_stream(args, out: _Output, items, prepared, models, settings, timings
             rows, current = rows + current, []
         t_write += time.perf_counter() - t1
     stream.write(np.zeros(0, np.float32), last=True)
-    return rows, at / SAMPLE_RATE, t_write
+    return rows, at / model_rate, t_write
 
 
 def _summary(rows: list[_Row], audio_s: float, timings: dict, compute: float, t_load: float, t_write: float,

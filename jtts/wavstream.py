@@ -28,15 +28,14 @@ class AudioStream:
     take the data up to the end of the stream), or nothing with --raw; then the samples, flushed per write.
     Resampling, if asked, runs as one soxr stream, so sentence boundaries leave no seams."""
 
-    def __init__(self, out, rate: int, subtype: str, raw: bool):
-        from jtts.audio import SAMPLE_RATE
-
+    def __init__(self, out, rate: int, subtype: str, raw: bool, source_rate: int | None = None):
+        """rate: the stream's; source_rate: the rate of the audio written (default: the same)."""
         self.out, self.rate, self.subtype = out, rate, subtype
         self.resampler = None
-        if rate != SAMPLE_RATE:
+        if source_rate is not None and rate != source_rate:
             import soxr
 
-            self.resampler = soxr.ResampleStream(SAMPLE_RATE, rate, 1, dtype="float32")
+            self.resampler = soxr.ResampleStream(source_rate, rate, 1, dtype="float32")
         if not raw:
             self._send(wav_header(rate, subtype))
 

@@ -5,6 +5,7 @@ synthesizes end to end."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
 import numpy as np
@@ -165,3 +166,30 @@ def test_a_cache_of_another_front_end_is_refused(runs16, lj, tmp_path, capsys):
     assert _main(["preprocess", str(lj), "-o", str(tmp_path / "c"), "--config", str(runs16 / "taco" / "model"),
                   "-q"]) == 0
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["mel"]["sample_rate"] == 16000
+
+
+def test_16khz_model_synthesizes_at_16khz(runs16, tmp_path, capsys, monkeypatch):
+    """`jtts synthesize` writes the models' rate, to files and to a pipe; a 16 kHz Tacotron 2 with a 22050 Hz
+    WaveGlow is refused."""
+    out = tmp_path / "a.wav"
+    argv = ["synthesize", "Hello there.", "--tacotron2", str(runs16 / "taco" / "model"), "--offline", "-q",
+            "--denoise", "0", "--max-decoder-steps", "12", "--gate-threshold", "1", "--no-retry"]
+    wg16 = ["--waveglow", str(runs16 / "wg" / "model")]
+    assert _main(argv + wg16 + ["-o", str(out)]) == 0, capsys.readouterr().err
+    info = sf.info(out)
+    assert info.samplerate == 16000 and info.frames == 12 * 256, info
+    # --sample-rate resamples from the models' rate: 12 frames of 16 kHz audio at 8 kHz
+    assert _main(argv + wg16 + ["-o", str(tmp_path / "r.wav"), "--sample-rate", "8000"]) == 0
+    info = sf.info(tmp_path / "r.wav")
+    assert info.samplerate == 8000 and info.frames == 12 * 256 // 2, info
+    pipe = io.BytesIO()
+    with monkeypatch.context() as m:
+        m.setattr("sys.stdout", io.TextIOWrapper(pipe, write_through=True))
+        assert _main(argv + wg16 + ["-o", "-"]) == 0
+        streamed = pipe.getvalue()  # before the wrapper goes, closing the buffer
+    assert streamed[:4] == b"RIFF" and int.from_bytes(streamed[24:28], "little") == 16000
+    assert len(streamed) == 44 + 2 * 12 * 256
+    other = _save(tmp_path, "waveglow", TINY_WAVEGLOW)
+    assert _main(argv + ["--waveglow", str(other), "-o", str(tmp_path / "b.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "different audio front ends (sample_rate 16000 vs 22050)" in err, err

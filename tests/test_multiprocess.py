@@ -1,7 +1,8 @@
 """Training across processes: `jtts train` in two processes on this machine (jax.distributed over localhost, gloo
 CPU collectives), two CPU devices each, gives the losses of one process with four devices, step by step; each
-process reads its own block of every global batch; checkpoints are saved and restored by both; validation
-across processes equals validation of the same weights in one process."""
+process reads its own block of every global batch; a signal to one process stops both after the same step with
+one checkpoint, which both restore; validation across processes equals validation of the same weights in one
+process."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,16 +86,32 @@ def test_each_process_reads_its_own_block_of_every_global_batch(data, kind):
 
 
 _TWO_RUNS = textwrap.dedent("""
-    import sys
+    import json, os, signal, sys, threading, time
+    from pathlib import Path
     from jtts.cli import main
 
-    out, argv = sys.argv[1], sys.argv[2:]
-    # steps 1-10, a checkpoint, then a resumed run to 20 in the same processes: both save and restore go
-    # through Orbax with two processes (compiled programs are reused from the persistent cache)
-    rc = main(argv + ["-o", out, "--steps", "10"])
-    if rc == 0:
-        rc = main(argv + ["-o", out, "--steps", "20", "--resume"])
-    sys.exit(rc)
+    out, val, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+    def interrupt_after_step_5():
+        log = Path(out) / "train_log.jsonl"
+        while True:
+            try:
+                if any(json.loads(line).get("step", 0) >= 5 for line in log.read_text().splitlines()):
+                    break
+            except (OSError, ValueError):
+                pass  # not written yet, or a line being written
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # SIGTERM to process 1 only: both processes must stop after the same step and save one checkpoint together
+    if os.environ["JAX_PROCESS_ID"] == "1":
+        threading.Thread(target=interrupt_after_step_5, daemon=True).start()
+    rc = main(argv + ["-o", out, "--steps", "20"])
+    print(f"first run: exit status {rc}", file=sys.stderr)
+    if rc != 128 + signal.SIGTERM:
+        sys.exit(1)
+    # then both resume from it, in the same processes, and validate at the end
+    sys.exit(main(argv + ["-o", out, "--steps", "20", "--resume", "--val", val, "--val-every", "10"]))
 """)
 
 _REFERENCE = textwrap.dedent("""
@@ -125,18 +143,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(tmp, devices: int, **extra) -> dict:
+def _env(devices: int, **extra) -> dict:
+    # No persistent compilation cache: JAX writes it from process 0 only, so with one the processes would not
+    # compile side by side, and the one that did not compile would wait for the other in a collective, spinning.
     tests = Path(__file__).parent
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
-            "JAX_COMPILATION_CACHE_DIR": str(tmp / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return {**env, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
             "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]),
             **{k: str(v) for k, v in extra.items()}}
 
 
 def _wait(procs, timeout=600):
+    """Exit codes; when one process fails, the others are killed (they would wait for it in a collective)."""
+    deadline = time.monotonic() + timeout
     try:
-        for p in procs:
-            p.wait(timeout=timeout)
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -159,9 +183,8 @@ def test_two_processes_give_one_process_s_losses_and_validation(data, tmp_path):
     (tmp_path / "reference.py").write_text(_REFERENCE)
     port = _free_port()
     # the pair first, with both cores (a process waiting in a collective for a descheduled peer burns time)
-    pair = [subprocess.Popen([sys.executable, str(tmp_path / "two_runs.py"), str(mp), *common, "--val",
-                              str(data / "val"), "--val-every", "10"],
-                             env=_env(tmp_path, 2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=2,
+    pair = [subprocess.Popen([sys.executable, str(tmp_path / "two_runs.py"), str(mp), str(data / "val"), *common],
+                             env=_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=2,
                                       JAX_PROCESS_ID=i),
                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"err{i}.txt", "w"))
             for i in (0, 1)]
@@ -170,15 +193,16 @@ def test_two_processes_give_one_process_s_losses_and_validation(data, tmp_path):
     assert codes == [0, 0], errs
     check = subprocess.run([sys.executable, str(tmp_path / "reference.py"), str(one), str(mp / "model"),
                             str(data / "train"), str(data / "val"), str(BATCH), "7", *common, "--steps", str(STEPS)],
-                           env=_env(tmp_path, 4), capture_output=True, text=True, timeout=600)
+                           env=_env(4), capture_output=True, text=True, timeout=900)
     assert check.returncode == 0, check.stderr[-3000:]
 
-    mp, one = tmp_path / "mp", tmp_path / "ref"
-    # process 0 wrote one log line per step, across the resume; both processes saved and restored the checkpoints
-    assert not any(e.strip() for e in errs.values()), errs
+    # the signal stopped both processes at one step, after 5; both saved that checkpoint and resumed from it;
+    # process 0 wrote one log line per step across the interruption
+    assert all("first run: exit status 143" in e and "Traceback" not in e for e in errs.values()), errs
+    [stopped] = [e["step"] for e in _events(mp, "interrupted")]
+    assert 5 <= stopped < STEPS and [e["step"] for e in _events(mp, "resume")] == [stopped]
+    assert {stopped, STEPS} <= {int(p.name) for p in (mp / "checkpoints").iterdir() if p.name.isdigit()}
     assert [e["step"] for e in _events(mp, "train")] == list(range(1, STEPS + 1))
-    assert [e["step"] for e in _events(mp, "resume")] == [10]
-    assert sorted(int(p.name) for p in (mp / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
     rows = []
     for a, b in zip(_events(mp, "train"), _events(one, "train")):
         assert a["step"] == b["step"]

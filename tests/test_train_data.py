@@ -166,6 +166,33 @@ def test_empty_dataset_is_an_error(tmp_path):
         load_dataset(root)
 
 
+@pytest.mark.parametrize("array", [np.arange(80 * 7, dtype=np.float32).reshape(80, 7), np.zeros((0, 3), np.int64),
+                                   np.asfortranarray(np.arange(12.0).reshape(3, 4)), np.ones(5, ">f8"), np.float32(2)])
+def test_mels_are_read_without_the_ast_module(array, tmp_path, monkeypatch):
+    """The loader reads mels in threads; np.load parses .npy headers with ast, which CPython 3.11 cannot do in
+    two threads at once (SystemError "AST constructor recursion depth mismatch", seen in CI)."""
+    import ast
+
+    from jtts.train.datasets import read_npy
+
+    np.save(tmp_path / "a.npy", array)
+
+    def refuse(*a, **k):
+        raise AssertionError("ast used")
+
+    with monkeypatch.context() as m:
+        m.setattr(ast, "literal_eval", refuse)
+        m.setattr(ast, "parse", refuse)
+        got = read_npy(tmp_path / "a.npy")
+    want = np.load(tmp_path / "a.npy")
+    assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+    raw = (tmp_path / "a.npy").read_bytes()
+    if array.size:
+        (tmp_path / "a.npy").write_bytes(raw[:-1])
+        with pytest.raises(ValueError, match="truncated .npy file"):
+            read_npy(tmp_path / "a.npy")
+
+
 def test_cache_matches_on_the_fly_mels(cache, lj):
     assert cache.cached and len(cache) == len(CLIPS)
     root = Path(cache.origin)

@@ -21,7 +21,9 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -313,8 +315,40 @@ def read_audio(u: Utterance) -> np.ndarray:
     return audio
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_FIELDS = re.compile(r"""\{'descr': '([<>|=]?[a-z]\d+)', 'fortran_order': (True|False), 'shape': \(([\d, ]*)\), \}""")
+
+
+def read_npy(path) -> np.ndarray:
+    """`np.load` of a plain .npy array file, safe in threads. np.load parses the header with ast.literal_eval,
+    and CPython 3.11 keeps the AST constructor's recursion counter per interpreter: two threads parsing at
+    once can make either fail with "SystemError: AST constructor recursion depth mismatch" (the data loader
+    reads mels in several threads, which did so in CI). Headers as np.save writes them are read with a regular
+    expression instead; any other falls back to np.load under a lock."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        if len(head) == 10 and head[:6] == _NPY_MAGIC and head[6] in (1, 2, 3):
+            if head[6] == 1:
+                size = int.from_bytes(head[8:10], "little")
+            else:
+                size = int.from_bytes(head[8:10] + f.read(2), "little")
+            m = _NPY_FIELDS.fullmatch(f.read(size).decode("latin-1").rstrip(" \n"))
+            if m:
+                shape = tuple(int(d) for d in m[3].split(",") if d.strip())
+                count = int(np.prod(shape))
+                data = np.fromfile(f, dtype=np.dtype(m[1]), count=count)
+                if data.size != count:
+                    raise ValueError(f"{path}: truncated .npy file ({data.size} of {count} values)")
+                return data.reshape(shape, order="F" if m[2] == "True" else "C")
+    with _NPY_LOCK:
+        return np.load(path, allow_pickle=False)
+
+
+_NPY_LOCK = threading.Lock()
+
+
 def read_mel(u: Utterance) -> np.ndarray:
-    mel = np.load(u.mel, allow_pickle=False)
+    mel = read_npy(u.mel)
     n_mels = u.frontend.n_mels
     if mel.shape != (n_mels, u.frames) or mel.dtype != np.float32:
         raise DataError(f"{u.mel}: mel of shape {mel.shape} {mel.dtype}, expected ({n_mels}, {u.frames}) float32 "

@@ -23,7 +23,9 @@ checkpoint, which the step never touched: the train step does not apply non-fini
 loss scaling a non-finite step is a normal skip and only `max_skipped` skips in a row stop the run.
 
 Faults: SIGINT or SIGTERM lets the current step finish, saves a checkpoint and raises `Interrupted` (exit
-status 128 + the signal: 130, 143) naming the step and how to resume; a second signal stops at once. A run
+status 128 + the signal: 130, 143) naming the step and how to resume; a second signal stops at once. With
+several processes, all stop after the same step (they agree on any signal one of them got at each log step) and
+save that checkpoint together; process 0 writes the log, pictures and exported model. A run
 directory that this call created is removed again if the call fails before its first step, so a failed start
 leaves nothing that looks like a run.
 """
@@ -163,7 +165,22 @@ class _StopOnSignal:
 
     def __init__(self):
         self.signum: int | None = None
+        self.agreed: int | None = None
         self._old: dict = {}
+
+    def requested(self, step: int, every: int = 1) -> int | None:
+        """The signal that stops the run after `step`. With several processes, the one every process acts on:
+        the largest any of them got, agreed (one small collective) at the steps that are multiples of `every`,
+        and kept in between; a process that stopped on its own signal would wait forever for the others in
+        their next collective (a launcher signals all processes, but they see it at different steps)."""
+        if jax.process_count() == 1:
+            return self.signum
+        if step % every == 0:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+            self.agreed = int(np.max(flags)) or None
+        return self.agreed
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -340,7 +357,7 @@ def _steps(trainer, data, cfg, output, meta, val_batches, stop, done, mngr, log,
     t_last, items, steps_done = time.perf_counter(), 0, 0
     step = start
     it = iter(data)
-    while step < cfg.steps and stop.signum is None:
+    while step < cfg.steps and stop.requested(step, cfg.log_every) is None:
         try:
             batch = next(it)
         except StopIteration:
@@ -366,14 +383,15 @@ def _steps(trainer, data, cfg, output, meta, val_batches, stop, done, mngr, log,
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save(step)
     flush()
-    if step != mngr.latest_step() and (step > 0 or stop.signum is None):
+    signum = stop.requested(step)  # every process the same
+    if step != mngr.latest_step() and (step > 0 or signum is None):
         save(step)
     rundir.wait(mngr)
-    if stop.signum is not None:
+    if signum is not None:
         saved = mngr.latest_step()
         checkpoint = ckpt_dir / str(saved) if saved is not None else None
-        log("interrupted", step, signal=signal.Signals(stop.signum).name, checkpoint=checkpoint)
-        raise Interrupted(stop.signum, step, checkpoint, cfg.resume_command)
+        log("interrupted", step, signal=signal.Signals(signum).name, checkpoint=checkpoint)
+        raise Interrupted(signum, step, checkpoint, cfg.resume_command)
     model_dir = _export(trainer, state, output, meta)
     log("done", step, model=str(model_dir) if model_dir else None)
     return dict(step=step, losses=losses, val=last_val, model=model_dir, state=state)

@@ -419,6 +419,10 @@ def restore_latest(mngr, ckpt_dir: Path, trainer, rng, meta: dict, warn: Callabl
             warn(f"checkpoint step {bad} in {ckpt_dir} is unreadable: {why}; moved to {moved}, "
                  f"resuming from step {step}")
         if damaged:
+            if jax.process_count() > 1:  # every process lists the checkpoints again only once they were moved
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("jtts-damaged-checkpoints-moved")
             mngr.reload()
         return step, state, rng_out, data_state, damaged
     if damaged:

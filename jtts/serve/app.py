@@ -28,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from jtts.audio import SAMPLE_RATE
 from jtts.serve import formats
 from jtts.serve.engine import Closed, Engine, Options, Overloaded
 from jtts.serve.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -84,6 +83,7 @@ class _Api:
     def __init__(self, engine: Engine, limits: Limits, pause: float, metrics: Metrics, info: dict):
         self.engine, self.limits, self.pause, self.metrics, self.info = engine, limits, pause, metrics, info
         self.started = time.monotonic()
+        self.rate = engine.sample_rate
 
     # -- plain endpoints -----------------------------------------------------------------------------------------
 
@@ -98,7 +98,7 @@ class _Api:
     async def healthz(self, request: Request) -> Response:
         alive = self.engine.alive
         body = {"status": "ok" if alive else "unavailable", "model": MODEL, "voice": VOICE,
-                "sample_rate": SAMPLE_RATE, "queue": self.engine.queue_length(), "pending": self.engine.pending(),
+                "sample_rate": self.rate, "queue": self.engine.queue_length(), "pending": self.engine.pending(),
                 "max_pending": self.engine.max_pending, "max_batch": self.engine.max_batch,
                 "uptime_s": round(time.monotonic() - self.started, 1), **self.info}
         return JSONResponse(body, status_code=200 if alive else 503)
@@ -151,7 +151,7 @@ class _Api:
         except Closed as e:
             raise ApiError(503, str(e), code="shutting_down", headers={"Retry-After": "5"}) from None
         headers = {"X-Request-Id": uuid.uuid4().hex[:16], "X-Model": MODEL, "X-Voice": VOICE,
-                   "X-Sample-Rate": str(SAMPLE_RATE), "X-Channels": "1", "X-Sample-Format": "s16le",
+                   "X-Sample-Rate": str(self.rate), "X-Channels": "1", "X-Sample-Format": "s16le",
                    "X-Seed": str(req.seed), "X-Sentences": str(ticket.count)}
         return req, ticket, headers
 
@@ -167,11 +167,11 @@ class _Api:
         sentences = await _unless_gone(request, ticket, ticket.all())
         if sentences is None:
             return Response(status_code=499)
-        audio = formats.join([s.audio for s in sentences], self.pause)
+        audio = formats.join([s.audio for s in sentences], self.pause, self.rate)
         _check_finite(audio)
-        data = await asyncio.to_thread(formats.encode, audio, req.response_format)
+        data = await asyncio.to_thread(formats.encode, audio, req.response_format, self.rate)
         self._sent(audio, t0)
-        headers["X-Audio-Seconds"] = f"{len(audio) / SAMPLE_RATE:.3f}"
+        headers["X-Audio-Seconds"] = f"{len(audio) / self.rate:.3f}"
         for name, which in (("X-Cut-Sentences", [s.cut for s in sentences]),
                             ("X-Failed-Sentences", [s.status == "failed" for s in sentences]),
                             ("X-Repaired-Sentences", [s.status in ("retried", "split") for s in sentences])):
@@ -181,10 +181,10 @@ class _Api:
 
     async def _stream(self, ticket, first, fmt: str, t0: float):
         """WAV header (unknown length) or nothing, then each sentence's samples as soon as it is done, in order."""
-        gap = formats.pcm16(formats.silence(self.pause))
+        gap = formats.pcm16(formats.silence(self.pause, self.rate))
         complete, status, samples = False, 200, 0
         try:
-            head = formats.stream_header() if fmt == "wav" else b""
+            head = formats.stream_header(self.rate) if fmt == "wav" else b""
             yield head + formats.pcm16(first.audio)
             self._sent(first.audio, t0)
             samples += len(first.audio)
@@ -192,7 +192,7 @@ class _Api:
                 s = await ticket.sentence(j)
                 _check_finite(s.audio)
                 yield gap + formats.pcm16(s.audio)
-                self.metrics.audio_seconds.inc((len(gap) // 2 + len(s.audio)) / SAMPLE_RATE)
+                self.metrics.audio_seconds.inc((len(gap) // 2 + len(s.audio)) / self.rate)
                 samples += len(gap) // 2 + len(s.audio)
             complete = True
         except BaseException:
@@ -206,16 +206,16 @@ class _Api:
 
     def _sent(self, audio: np.ndarray, t0: float) -> None:
         self.metrics.first_audio.observe(time.monotonic() - t0)
-        self.metrics.audio_seconds.inc(len(audio) / SAMPLE_RATE)
+        self.metrics.audio_seconds.inc(len(audio) / self.rate)
 
     async def _inspect(self, request: Request, t0: float) -> Response:
         req, ticket, headers = await self._submit(request)
         sentences = await _unless_gone(request, ticket, ticket.all())
         if sentences is None:
             return Response(status_code=499)
-        audio = formats.join([s.audio for s in sentences], self.pause)
+        audio = formats.join([s.audio for s in sentences], self.pause, self.rate)
         _check_finite(audio)
-        body = await asyncio.to_thread(_inspection, audio, sentences, ticket.prepared.sentences)
+        body = await asyncio.to_thread(_inspection, audio, sentences, ticket.prepared.sentences, self.rate)
         self._sent(audio, t0)
         body.update(seed=req.seed, sigma=req.sigma, denoise=req.denoise, seconds_taken=round(time.monotonic() - t0, 3))
         return JSONResponse(body, headers=headers)
@@ -267,7 +267,7 @@ def _check_finite(audio: np.ndarray) -> None:
 
 # -- the page's picture -----------------------------------------------------------------------------------------
 
-def _inspection(audio: np.ndarray, sentences, texts: list[str]) -> dict:
+def _inspection(audio: np.ndarray, sentences, texts: list[str], rate: int) -> dict:
     """The page's answer: the WAV and an 8-bit picture of the mel and of the alignments (one block per sentence
     on the diagonal), pooled to at most PICTURE_WIDTH columns so that long texts stay small."""
     mel = np.concatenate([s.mel for s in sentences], axis=1)
@@ -285,8 +285,8 @@ def _inspection(audio: np.ndarray, sentences, texts: list[str]) -> dict:
         ys = ((np.arange(c, c + syms) * height) // max(symbols, 1))
         np.maximum.at(grid, (ys[None, :], xs[:, None]), s.alignment)
         r, c = r + frames, c + syms
-    return {"audio": base64.b64encode(formats.encode(audio, "wav")).decode("ascii"), "format": "wav",
-            "sample_rate": SAMPLE_RATE, "seconds": round(len(audio) / SAMPLE_RATE, 4), "sentences": texts,
+    return {"audio": base64.b64encode(formats.encode(audio, "wav", rate)).decode("ascii"), "format": "wav",
+            "sample_rate": rate, "seconds": round(len(audio) / rate, 4), "sentences": texts,
             "cut": [j + 1 for j, s in enumerate(sentences) if s.cut], "status": [s.status for s in sentences],
             "frames": int(mel.shape[1]),
             "mel": _image(pooled, float(mel.min()), float(mel.max())), "alignment": _image(grid, 0.0, 1.0)}

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from jtts.audio import SAMPLE_RATE
+from jtts.frontend import shared_frontend
 from jtts.sentences import Prepared
 
 if TYPE_CHECKING:
@@ -148,6 +148,7 @@ class Engine:
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be at least 1")
         self.tacotron2, self.vocoder, self.denoiser = tacotron2, vocoder, denoiser
+        self.sample_rate = shared_frontend(tacotron2, vocoder).sample_rate  # refuses mismatched models
         self.max_batch, self.max_wait, self.max_pending = max_batch, max_wait, max_pending
         self.decoding = decoding or Settings()
         self.observer = observer
@@ -318,7 +319,7 @@ class Engine:
                                  [jobs[r].options.sigma for r, _ in pieces], max_rows=self.max_batch, chunk=d.chunk)
         t2 = time.perf_counter()
         joined: list[list[np.ndarray]] = [[] for _ in jobs]
-        half = np.zeros(int(round(d.pause / 2 * SAMPLE_RATE)), np.float32)  # between split pieces, as the CLI
+        half = np.zeros(int(round(d.pause / 2 * self.sample_rate)), np.float32)  # between split pieces, as the CLI
         for (r, _), a in zip(pieces, audio):
             strength = jobs[r].options.denoise
             if self.denoiser is not None and strength > 0:

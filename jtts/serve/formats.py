@@ -1,4 +1,4 @@
-"""Audio answers of `jtts serve`: 16-bit mono at 22050 Hz as WAV, raw PCM or FLAC.
+"""Audio answers of `jtts serve`: 16-bit mono at the models' sample rate as WAV, raw PCM or FLAC.
 
 Samples are converted by libsndfile (clipped to [-1, 1]) as `jtts synthesize` converts them for its files, so
 the same text, seed and options give the same samples from both. Streamed WAV announces unknown sizes
@@ -11,52 +11,50 @@ import struct
 
 import numpy as np
 
-from jtts.audio import SAMPLE_RATE
-
 FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
 STREAMABLE = ("wav", "pcm")
 _UNKNOWN = 0xFFFFFFFF
 
 
-def _soundfile(audio: np.ndarray, fmt: str, **kw) -> bytes:
+def _soundfile(audio: np.ndarray, fmt: str, rate: int, **kw) -> bytes:
     import soundfile as sf
 
     buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(audio, np.float32), -1.0, 1.0), SAMPLE_RATE, format=fmt, subtype="PCM_16", **kw)
+    sf.write(buf, np.clip(np.asarray(audio, np.float32), -1.0, 1.0), rate, format=fmt, subtype="PCM_16", **kw)
     return buf.getvalue()
 
 
 def pcm16(audio: np.ndarray) -> bytes:
     """float32 samples -> little-endian int16 bytes."""
-    return _soundfile(audio, "RAW", endian="LITTLE")
+    return _soundfile(audio, "RAW", 8000, endian="LITTLE")  # raw samples: the rate is not part of the bytes
 
 
-def wav_header(data_bytes: int | None) -> bytes:
+def wav_header(data_bytes: int | None, rate: int) -> bytes:
     """The 44-byte header of a 16-bit mono WAV file; None: the length is not known yet (streaming)."""
     riff = _UNKNOWN if data_bytes is None else 36 + data_bytes
     data = _UNKNOWN if data_bytes is None else data_bytes
     return (b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " +
-            struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16) + b"data" + struct.pack("<I", data))
+            struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", data))
 
 
-def stream_header() -> bytes:
-    return wav_header(None)
+def stream_header(rate: int) -> bytes:
+    return wav_header(None, rate)
 
 
-def encode(audio: np.ndarray, fmt: str) -> bytes:
+def encode(audio: np.ndarray, fmt: str, rate: int) -> bytes:
     if fmt == "flac":
-        return _soundfile(audio, "FLAC")
+        return _soundfile(audio, "FLAC", rate)
     data = pcm16(audio)
-    return wav_header(len(data)) + data if fmt == "wav" else data
+    return wav_header(len(data), rate) + data if fmt == "wav" else data
 
 
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(round(seconds * SAMPLE_RATE)), np.float32)
+def silence(seconds: float, rate: int) -> np.ndarray:
+    return np.zeros(int(round(seconds * rate)), np.float32)
 
 
-def join(pieces: list[np.ndarray], pause: float) -> np.ndarray:
+def join(pieces: list[np.ndarray], pause: float, rate: int) -> np.ndarray:
     """Sentences with `pause` seconds of silence between them, as `jtts synthesize` joins them."""
-    gap = silence(pause)
+    gap = silence(pause, rate)
     out = []
     for j, piece in enumerate(pieces):
         if j:
