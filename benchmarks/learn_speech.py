@@ -72,22 +72,37 @@ def checkpoint_steps(run: Path) -> list[int]:
     return sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def load_step(run: Path, step: int):
-    """The Tacotron 2 of checkpoint `step` of a `jtts train` run (weights and BatchNorm statistics)."""
+def load_params(run: Path, step: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config, {"a.b.c": array} of weights and BatchNorm statistics) of checkpoint `step` of a `jtts train` run."""
     import orbax.checkpoint as ocp
 
-    from jtts import models
-    from jtts.checkpoint import assign, quiet_orbax
+    from jtts.checkpoint import quiet_orbax
 
     folder = (run / "checkpoints" / str(step)).absolute()
     with quiet_orbax():
         state = ocp.StandardCheckpointer().restore(folder / "state")
-    meta = json.loads((folder / "meta" / "metadata").read_text()) if (folder / "meta" / "metadata").exists() \
-        else json.loads((run / "checkpoints" / str(step) / "meta.json").read_text())
-    model = models.build("tacotron2", meta["config"], abstract=True)
+    meta = json.loads((folder / "meta" / "metadata").read_text())
     train = state["train"]
-    assign(model, {k: np.asarray(v) for k, v in {**train["params"], **train["stats"]}.items()})
+    return meta["config"], {k: np.asarray(v) for k, v in {**train["params"], **train["stats"]}.items()}
+
+
+def load_step(run: Path, step: int):
+    from jtts import models
+    from jtts.checkpoint import assign
+
+    config, params = load_params(run, step)
+    model = models.build("tacotron2", config, abstract=True)
+    assign(model, params)
     return model
+
+
+def export(run: Path, step: int, out: Path) -> Path:
+    """A checkpoint of the run as a jtts model directory (`jtts synthesize --tacotron2 OUT`)."""
+    from jtts.checkpoint import save_model
+
+    config, params = load_params(run, step)
+    return save_model(out, "tacotron2", config, params,
+                      source={"trained_by": "jtts train", "run": str(run.absolute()), "step": step})
 
 
 def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: int | None = None) -> dict:
@@ -146,8 +161,11 @@ def plot_curves(path: Path, log: list[dict]) -> None:
 
     from jtts.files import atomic_write
 
-    train = [(e["step"], e["loss"]) for e in log if e.get("event") == "train" and "loss" in e]
-    val = [(e["step"], e["loss"]) for e in log if e.get("event") == "val" and "loss" in e]
+    def dle(e):  # DLE's loss without the guided attention term, which the logged loss includes when it is on
+        return e["mel"] + e["postnet"] + e["gate"] if "mel" in e else e["loss"]
+
+    train = [(e["step"], dle(e)) for e in log if e.get("event") == "train" and "loss" in e]
+    val = [(e["step"], dle(e)) for e in log if e.get("event") == "val" and "loss" in e]
     fig = Figure(figsize=(7, 3.5), dpi=80, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -155,7 +173,7 @@ def plot_curves(path: Path, log: list[dict]) -> None:
         if pts:
             ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 60 else None)
     ax.set_xlabel("step")
-    ax.set_ylabel("DLE's loss (mel MSE x2 + gate BCE)")
+    ax.set_ylabel("DLE's loss (2 mel MSEs + gate BCE)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -173,6 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="write every figure and per-sentence row here")
     p.add_argument("--plot-alignments", type=Path, help="free-running alignments of 4 sentences per checkpoint")
     p.add_argument("--plot-curves", type=Path, help="training and held-out loss from train_log.jsonl")
+    p.add_argument("--export", type=Path, help="also write the last checkpoint evaluated as a model directory")
     args = p.parse_args(argv)
 
     from jtts.train.datasets import load_cache
@@ -189,7 +208,8 @@ def main(argv=None) -> int:
     print("step  wall min  focus (min)    within 10%  ratio range   max steps  MCD dB  log-mel L1  eval s")
     for step in steps:
         t0 = time.perf_counter()
-        res = evaluate(load_step(args.run, step), val, seed=args.seed, max_decoder_steps=args.max_decoder_steps)
+        model = load_step(args.run, step)
+        res = evaluate(model, val, seed=args.seed, max_decoder_steps=args.max_decoder_steps)
         res["step"], res["eval_s"] = step, time.perf_counter() - t0
         res["wall_min"] = (when[step] - start) / 60 if start and step in when else None
         results.append(res)
@@ -198,13 +218,14 @@ def main(argv=None) -> int:
               f"{res['ratio_min']:.2f}-{res['ratio_max']:.2f}  {res['max_steps']:9d}  {res['mcd']:6.2f}  "
               f"{res['l1']:10.3f}  {res['eval_s']:6.1f}", flush=True)
         if args.plot_alignments:
-            model = load_step(args.run, step)
             shots.append((step, _alignments(model, val, args.seed)))
     if args.plot_alignments and shots:
         keep = [shots[round(i * (len(shots) - 1) / 4)] for i in range(5)] if len(shots) > 5 else shots
         plot_alignments(args.plot_alignments, keep)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.export and steps:
+        print(f"wrote {export(args.run, steps[-1], args.export)}")
     return 0
 
 
