@@ -9,6 +9,8 @@ Per checkpoint it reports, over the held-out sentences:
   stop       share of sentences whose mel length lies within +-10% of the ground truth's, and the range of ratios
   max steps  sentences that reached max_decoder_steps (the gate never fired)
   MCD        mel cepstral distortion after dynamic time warping, in dB (see `mcd`), and log-mel L1 after DTW
+  end reached  share of sentences whose attention peak first reaches the last two symbols within +-10% of the
+             ground truth's length: the timing the gate has to learn to act on
 
 The recipe that makes the run, and its figures, are in docs/learning.md.
 """
@@ -121,14 +123,20 @@ def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: i
                                           max_decoder_steps=max_decoder_steps)):
             true = np.load(u.mel)
             m, l1 = mcd(d.mel, true)
+            # where the attention peak first reaches the last two symbols: the length the gate should give
+            peak = d.alignment.argmax(axis=1)
+            reached = np.flatnonzero(peak >= len(u.tokens) - 2)
+            reach = int(reached[0]) + 1 if reached.size else d.health.frames
             rows.append(dict(text=u.text, frames=d.health.frames, true_frames=int(u.frames),
-                             ratio=d.health.frames / u.frames, focus=d.health.focus, stop=d.health.stop,
+                             ratio=d.health.frames / u.frames, reach_ratio=reach / u.frames, focus=d.health.focus, stop=d.health.stop,
                              mcd=m, l1=l1, problems=list(d.health.problems)))
     ratio = np.array([r["ratio"] for r in rows])
+    reach = np.array([r["reach_ratio"] for r in rows])
     return dict(sentences=len(rows), focus=float(np.mean([r["focus"] for r in rows])),
                 focus_min=float(np.min([r["focus"] for r in rows])),
                 within_10=float(np.mean(np.abs(ratio - 1) <= 0.1)), ratio_min=float(ratio.min()),
-                ratio_max=float(ratio.max()), max_steps=sum(r["stop"] == "max_steps" for r in rows),
+                ratio_max=float(ratio.max()), reach_within_10=float(np.mean(np.abs(reach - 1) <= 0.1)),
+                reach_min=float(reach.min()), reach_max=float(reach.max()), max_steps=sum(r["stop"] == "max_steps" for r in rows),
                 mcd=float(np.mean([r["mcd"] for r in rows])), l1=float(np.mean([r["l1"] for r in rows])),
                 rows=rows)
 
@@ -205,7 +213,8 @@ def main(argv=None) -> int:
     when = {e["step"]: e["time"] for e in log if e.get("event") == "train"}
     steps = args.steps or checkpoint_steps(args.run)
     results, shots = [], []
-    print("step  wall min  focus (min)    within 10%  ratio range   max steps  MCD dB  log-mel L1  eval s")
+    print("step  wall min  focus (min)    within 10%  ratio range   max steps  MCD dB  log-mel L1  "
+          "end reached within 10% (range)  eval s")
     for step in steps:
         t0 = time.perf_counter()
         model = load_step(args.run, step)
@@ -216,7 +225,8 @@ def main(argv=None) -> int:
         wall = f"{res['wall_min']:8.1f}" if res["wall_min"] is not None else "       ?"
         print(f"{step:5d} {wall}  {res['focus']:.3f} ({res['focus_min']:.2f})  {res['within_10']:9.0%}  "
               f"{res['ratio_min']:.2f}-{res['ratio_max']:.2f}  {res['max_steps']:9d}  {res['mcd']:6.2f}  "
-              f"{res['l1']:10.3f}  {res['eval_s']:6.1f}", flush=True)
+              f"{res['l1']:10.3f}  {res['reach_within_10']:9.0%} ({res['reach_min']:.2f}-{res['reach_max']:.2f})  "
+              f"{res['eval_s']:6.1f}", flush=True)
         if args.plot_alignments:
             shots.append((step, _alignments(model, val, args.seed)))
     if args.plot_alignments and shots:

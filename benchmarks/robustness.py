@@ -225,8 +225,10 @@ def _status_mb(field: str) -> float:
 
 
 def _vocoder_child(which: str, tmp: str, frames: int) -> None:
-    """WaveGlow-256 alone on a mel of `frames` frames: prints the growth of resident memory while vocoding (the
-    high-water mark is reset after loading: /proc/self/clear_refs 5)."""
+    """WaveGlow-256 alone on a mel of `frames` frames, in a fresh process: prints how far resident memory rises
+    above what the loaded model holds, over the first call (compilation included, as a user pays it) and over
+    a second call. The second call alone says little: allocators keep what the first freed, so a process that
+    once held a large working set shows no growth when it needs it again."""
     import jax
 
     mel = (np.random.default_rng(0).standard_normal((1, 80, frames)) * 0.5 - 4.0).astype(np.float32)
@@ -249,12 +251,12 @@ def _vocoder_child(which: str, tmp: str, frames: int) -> None:
         wg = WaveGlow.from_checkpoint(Path(tmp) / "w").inference()
         vocode = wg.infer if which == "whole" else functools.partial(chunked_infer, wg)
         run = lambda: np.asarray(vocode(mel, sigma=0.9, key=jax.random.key(1)))  # noqa: E731
-        # compile on a mel of the same shape first, so that the measurement is the computation's memory
-        run()
     Path("/proc/self/clear_refs").write_text("5")
     base = _status_mb("VmRSS")
     run()
-    print(json.dumps({"growth_mb": _status_mb("VmHWM") - base}))
+    first = _status_mb("VmHWM") - base
+    run()
+    print(json.dumps({"growth_mb": first, "peak_mb": _status_mb("VmHWM"), "model_mb": base}))
 
 
 def _memory_child(which: str, tmp: str, steps: int) -> None:
@@ -316,26 +318,31 @@ def _child(*argv) -> dict:
 
 
 def cmd_memory(args) -> str:
+    lines = []
     with tempfile.TemporaryDirectory() as d:
         build_models(Path(d))
-        growth = {(w, f): _child("_vocoder", w, d, f)["growth_mb"] for f in args.frames
-                  for w in ("whole", "chunked", "reference")}
-        print(growth, file=sys.stderr)
-        results = {}
-        for which in ("jtts", "jtts-whole", "reference"):
-            results[which] = _child("_memory", which, d, args.steps)
-            print(which, results[which], file=sys.stderr)
-    stages = list(results["jtts"])
-    lines = [f"Peak resident memory (VmHWM, MB) after each stage, fresh process each, float32, 128 symbols -> "
-             f"{args.steps} frames -> WaveGlow-256 -> denoiser:", "",
-             "| stage | jtts (chunked WaveGlow) | jtts (whole mel) | PyTorch reference |", "|---|---|---|---|"]
-    for s in stages:
-        lines.append(f"| {s} | " + " | ".join(f"{results[w].get(s, 0):,.0f}" for w in results) + " |")
-    lines += ["", "Growth of resident memory while WaveGlow-256 vocodes one mel (MB; fresh process each, high-water "
-              "mark reset after loading and compiling):", "",
-              "| mel frames | jtts whole mel | jtts chunks of 128 | PyTorch reference |", "|---|---|---|---|"]
-    for f in args.frames:
-        lines.append(f"| {f} | " + " | ".join(f"{growth[w, f]:,.0f}" for w in ("whole", "chunked", "reference")) + " |")
+        if args.only in (None, "end-to-end"):
+            results = {}
+            for which in ("jtts", "jtts-whole", "reference"):
+                results[which] = _child("_memory", which, d, args.steps)
+                print(which, results[which], file=sys.stderr)
+            lines += [f"Peak resident memory (VmHWM, MB) after each stage, fresh process each, float32, 128 symbols "
+                      f"-> {args.steps} frames -> WaveGlow-256 -> denoiser:", "",
+                      "| stage | jtts (chunked WaveGlow) | jtts (whole mel) | PyTorch reference |", "|---|---|---|---|"]
+            for s in results["jtts"]:
+                lines.append(f"| {s} | " + " | ".join(f"{results[w].get(s, 0):,.0f}" for w in results) + " |")
+            lines.append("")
+        if args.only in (None, "vocoder"):
+            runs = {(w, f): _child("_vocoder", w, d, f) for f in args.frames for w in ("whole", "chunked", "reference")}
+            print(runs, file=sys.stderr)
+            lines += ["Rise of resident memory above the loaded WaveGlow-256 while it vocodes one mel (MB; fresh "
+                      "process each; compilation included, as a user pays it) and the process's peak:", "",
+                      "| mel frames | jtts whole mel | jtts chunks of 128 | PyTorch reference | peaks |",
+                      "|---|---|---|---|---|"]
+            for f in args.frames:
+                ws = ("whole", "chunked", "reference")
+                lines.append(f"| {f} | " + " | ".join(f"{runs[w, f]['growth_mb']:,.0f}" for w in ws) + " | "
+                             + " / ".join(f"{runs[w, f]['peak_mb']:,.0f}" for w in ws) + " |")
     return "\n".join(lines)
 
 
@@ -366,6 +373,7 @@ def main(argv=None) -> int:
     m = sub.add_parser("memory")
     m.add_argument("--steps", type=int, default=600)
     m.add_argument("--frames", type=int, nargs="+", default=[150, 600, 2400])
+    m.add_argument("--only", choices=("vocoder", "end-to-end"), help="one of the two measurements")
     for q in (f, s, v, m):
         q.add_argument("--out", help="also append the markdown to this file")
     args = p.parse_args(argv)
