@@ -170,6 +170,31 @@ def _load(path: str, kind: str, dtype):
         return models.load(convert(p, Path(tmp) / kind, kind=kind), kind=kind, dtype=dtype)
 
 
+def load_pair(args):
+    """-> (Tacotron 2, folded WaveGlowInference) for `jtts synthesize` and `jtts serve`: --tacotron2/--waveglow
+    (model directory or .pt) or, for the ones not given, the cached NGC models (downloaded unless --offline)."""
+    import warnings
+
+    import jax.numpy as jnp
+
+    from jtts.hub import enable_compilation_cache
+
+    enable_compilation_cache()
+    # the XLA cache only saves time: one it cannot write (a full disk) or read is not the user's error
+    warnings.filterwarnings("ignore", message="Error (writing|reading) persistent compilation cache")
+    dtype = jnp.dtype(args.dtype)
+    missing = [k for k in ("tacotron2", "waveglow") if not getattr(args, k)]
+    hub = None
+    if missing:
+        from jtts.hub import Hub
+
+        hub = Hub(base_url=args.base_url, offline=args.offline, quiet=args.quiet)
+        hub.ensure_all(missing)
+    taco = _load(args.tacotron2, "tacotron2", dtype) if args.tacotron2 else hub.load("tacotron2", dtype)
+    wg = _load(args.waveglow, "waveglow", dtype) if args.waveglow else hub.load("waveglow", dtype)
+    return taco, wg.inference()  # folded once for the denoiser and the pipeline; the module's weights can go
+
+
 # -- parser ---------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:

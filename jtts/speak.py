@@ -12,7 +12,6 @@ import os
 import re
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -379,25 +378,9 @@ def _synthesize(args) -> int:
 
 
 def _load_models(args):
-    import jax.numpy as jnp
-
     from jtts import Denoiser
-    from jtts.hub import enable_compilation_cache
 
-    enable_compilation_cache()
-    # the XLA cache only saves time: one it cannot write (a full disk) or read is not the user's error
-    warnings.filterwarnings("ignore", message="Error (writing|reading) persistent compilation cache")
-    dtype = jnp.dtype(args.dtype)
-    missing = [k for k in ("tacotron2", "waveglow") if not getattr(args, k)]
-    hub = None
-    if missing:
-        from jtts.hub import Hub
-
-        hub = Hub(base_url=args.base_url, offline=args.offline, quiet=args.quiet)
-        hub.ensure_all(missing)
-    taco = cli._load(args.tacotron2, "tacotron2", dtype) if args.tacotron2 else hub.load("tacotron2", dtype)
-    wg = cli._load(args.waveglow, "waveglow", dtype) if args.waveglow else hub.load("waveglow", dtype)
-    wg = wg.inference()  # fold once for the denoiser and the pipeline; the module's weights can go
+    taco, wg = cli.load_pair(args)
     return taco, wg, (Denoiser(wg) if args.denoise > 0 else None)
 
 

@@ -7,7 +7,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 from jtts.errors import JttsError, UsageError
@@ -85,30 +84,15 @@ def build(args):
 
 def load_models(args):
     """-> (Tacotron 2, folded WaveGlow, denoiser, info), as `jtts synthesize` loads them (cache, hub, .pt)."""
-    from jtts.cli import _check_model_arg, _load
+    from jtts.cli import _check_model_arg, load_pair
 
     for kind in ("tacotron2", "waveglow"):
         if getattr(args, kind):
             _check_model_arg(getattr(args, kind), kind)
-    import jax.numpy as jnp
-
     from jtts import Denoiser
-    from jtts.hub import enable_compilation_cache
 
-    enable_compilation_cache()
-    warnings.filterwarnings("ignore", message="Error (writing|reading) persistent compilation cache")
     t0 = time.perf_counter()
-    dtype = jnp.dtype(args.dtype)
-    missing = [k for k in ("tacotron2", "waveglow") if not getattr(args, k)]
-    hub = None
-    if missing:
-        from jtts.hub import Hub
-
-        hub = Hub(base_url=args.base_url, offline=args.offline, quiet=args.quiet)
-        hub.ensure_all(missing)
-    taco = _load(args.tacotron2, "tacotron2", dtype) if args.tacotron2 else hub.load("tacotron2", dtype)
-    wg = _load(args.waveglow, "waveglow", dtype) if args.waveglow else hub.load("waveglow", dtype)
-    vocoder = wg.inference()
+    taco, vocoder = load_pair(args)
     info = {"dtype": args.dtype, "load_s": round(time.perf_counter() - t0, 2),
             "tacotron2": str(Path(args.tacotron2)) if args.tacotron2 else "NGC (cached)",
             "waveglow": str(Path(args.waveglow)) if args.waveglow else "NGC (cached)"}
