@@ -119,13 +119,13 @@ def _timed(fn, clock=time.perf_counter) -> float:
 
 
 def cmd_stream(args) -> str:
-    from jtts import Denoiser, Tacotron2, WaveGlow
+    from jtts import Denoiser, Tacotron2, WaveGlowInference
     from jtts.pipeline import iter_sentences, synthesize
 
     with tempfile.TemporaryDirectory() as d:
         taco_dir, wg_dir = build_models(Path(d))
         taco = Tacotron2.from_checkpoint(taco_dir)
-        wg = WaveGlow.from_checkpoint(wg_dir).inference()
+        wg = WaveGlowInference.from_checkpoint(wg_dir)
     den = Denoiser(wg)
     kw = dict(max_decoder_steps=args.steps, retry=False, batch_size=args.batch_size)
     synthesize([PARAGRAPH], taco, wg, den, **kw)  # compile every shape once
@@ -154,7 +154,7 @@ def cmd_vocoder(args) -> str:
     import jax
     import torch
 
-    from jtts import WaveGlow
+    from jtts import WaveGlowInference
     from jtts.chunked import chunked_infer
     from reference.waveglow_torch import WaveGlow as RefWaveGlow
 
@@ -163,7 +163,7 @@ def cmd_vocoder(args) -> str:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         _, wg_dir = build_models(tmp)
-        wg = WaveGlow.from_checkpoint(wg_dir).inference()
+        wg = WaveGlowInference.from_checkpoint(wg_dir)
         ckpt = torch.load(tmp / "w.pt", weights_only=True)
     ref = RefWaveGlow(**ckpt["config"])
     ref.load_state_dict(ckpt["state_dict"])
@@ -245,10 +245,10 @@ def _vocoder_child(which: str, tmp: str, frames: int) -> None:
         run = lambda: wg.infer(torch.from_numpy(mel), sigma=0.9)  # noqa: E731
         run = torch.no_grad()(run)
     else:
-        from jtts import WaveGlow
+        from jtts import WaveGlowInference
         from jtts.chunked import chunked_infer
 
-        wg = WaveGlow.from_checkpoint(Path(tmp) / "w").inference()
+        wg = WaveGlowInference.from_checkpoint(Path(tmp) / "w")
         vocode = wg.infer if which == "whole" else functools.partial(chunked_infer, wg)
         run = lambda: np.asarray(vocode(mel, sigma=0.9, key=jax.random.key(1)))  # noqa: E731
     Path("/proc/self/clear_refs").write_text("5")
@@ -267,13 +267,13 @@ def _memory_child(which: str, tmp: str, steps: int) -> None:
     if which.startswith("jtts"):
         import jax
 
-        from jtts import Denoiser, Tacotron2, WaveGlow
+        from jtts import Denoiser, Tacotron2, WaveGlowInference
         from jtts.chunked import chunked_infer
 
         marks["imported"] = _high_water_mb()
         taco = Tacotron2.from_checkpoint(tmp / "t")
         marks["Tacotron 2 loaded"] = _high_water_mb()
-        wg = WaveGlow.from_checkpoint(tmp / "w").inference()
+        wg = WaveGlowInference.from_checkpoint(tmp / "w")
         den = Denoiser(wg)
         marks["WaveGlow loaded and folded"] = _high_water_mb()
         mel = taco.infer(tokens, np.array([128]), key=jax.random.key(0), max_decoder_steps=steps)[0]

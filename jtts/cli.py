@@ -156,18 +156,19 @@ def _check_model_arg(path: str, kind: str) -> None:
 
 
 def _load(path: str, kind: str, dtype):
-    """A converted model directory, or an NVIDIA .pt checkpoint converted on the fly into a temp directory."""
+    """What synthesises (`models.load(..., inference=True)`) from a converted model directory, or from an NVIDIA
+    .pt checkpoint converted on the fly into a temp directory."""
     import tempfile
 
     from jtts import models
 
     p = Path(path)
     if p.is_dir():
-        return models.load(p, kind=kind, dtype=dtype)
+        return models.load(p, kind=kind, dtype=dtype, inference=True)
     from jtts.convert import convert
 
     with tempfile.TemporaryDirectory() as tmp:
-        return models.load(convert(p, Path(tmp) / kind, kind=kind), kind=kind, dtype=dtype)
+        return models.load(convert(p, Path(tmp) / kind, kind=kind), kind=kind, dtype=dtype, inference=True)
 
 
 def load_pair(args):
@@ -191,8 +192,9 @@ def load_pair(args):
         hub = Hub(base_url=args.base_url, offline=args.offline, quiet=args.quiet)
         hub.ensure_all(missing)
     taco = _load(args.tacotron2, "tacotron2", dtype) if args.tacotron2 else hub.load("tacotron2", dtype)
-    wg = _load(args.waveglow, "waveglow", dtype) if args.waveglow else hub.load("waveglow", dtype)
-    return taco, wg.inference()  # folded once for the denoiser and the pipeline; the module's weights can go
+    # folded straight from the files (never the trainable module): once, for the denoiser and the pipeline
+    wg = _load(args.waveglow, "waveglow", dtype) if args.waveglow else hub.load("waveglow", dtype, inference=True)
+    return taco, wg
 
 
 # -- parser ---------------------------------------------------------------------------------------------------

@@ -144,16 +144,17 @@ class Hub:
 
     # -- public -----------------------------------------------------------------------------------------
 
-    def load(self, kind: str, dtype=None):
-        """The cached model of `kind`, downloaded and converted first if need be."""
+    def load(self, kind: str, dtype=None, *, inference: bool = False):
+        """The cached model of `kind`, downloaded and converted first if need be (`inference`: see
+        `jtts.models.load`)."""
         path = self.ensure(kind)
         try:
-            return models.load(path, kind=kind, dtype=dtype)
+            return models.load(path, kind=kind, dtype=dtype, inference=inference)
         except ModelDirError as e:  # passed the cheap checks but a parameter file is damaged
             self._say(f"cached {kind} model is damaged ({e}); rebuilding it")
             with self._lock():
                 shutil.rmtree(path, ignore_errors=True)
-            return models.load(self.ensure(kind), kind=kind, dtype=dtype)
+            return models.load(self.ensure(kind), kind=kind, dtype=dtype, inference=inference)
 
     def ensure(self, kind: str, *, _pending: tuple[str, ...] = ()) -> Path:
         """Path of a usable converted model of `kind` in the cache (downloading/converting as needed)."""

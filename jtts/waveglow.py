@@ -281,6 +281,14 @@ def _fold_wn(p, cfg: WaveGlowConfig, dtype) -> FoldedWN:
                     tuple(w.astype(dtype) for w in res_w), tuple(res_b), out_b)
 
 
+def _fold_stage(flows, cfg: WaveGlowConfig, dtype, inverse: bool):
+    """The `Flow` states of one stage -> (1x1 convs (n, c, c) f32, FoldedWN with a leading flow axis)."""
+    ws = [f.convinv.kernel[...] for f in flows]
+    ws = [jnp.linalg.inv(w) for w in ws] if inverse else ws
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[f.wn for f in flows])
+    return jnp.stack(ws), jax.vmap(lambda p: _fold_wn(p, cfg, dtype))(stacked)
+
+
 def fold_params(params: nnx.State, cfg: WaveGlowConfig, dtype, *, inverse: bool) -> Folded:
     """A WaveGlow's parameters (`nnx.state(model)`) -> the matrices the computation multiplies by (differentiable).
 
@@ -292,13 +300,47 @@ def fold_params(params: nnx.State, cfg: WaveGlowConfig, dtype, *, inverse: bool)
     """
     up_k = params.upsample.kernel[...]
     up_w = jnp.transpose(up_k, (1, 0, 2)).reshape(cfg.n_mel_channels, -1).astype(dtype)
+    stages = tuple(_fold_stage([params.flows[k] for k in flows], cfg, dtype, inverse) for flows in _stages(cfg))
+    return Folded(up_w, params.upsample.bias[...], stages)
+
+
+_fold_stage_jit = jax.jit(_fold_stage, static_argnames=("cfg", "dtype", "inverse"))
+
+
+def fold_flat(reader, cfg: WaveGlowConfig, dtype) -> Folded:
+    """`fold_params(..., inverse=True)` from flat arrays in `jtts.checkpoint` names, read one stage at a time
+    from `reader` (a `jtts.checkpoint.ParamReader`: `.shapes` {name: shape}, `.read(names)` {name: array}),
+    each stage's arrays dropped once folded.
+
+    Why not build the module and fold it: that keeps three copies of the weights alive at once (the restored
+    arrays, the module's and the folded ones; 335 MB each for WaveGlow-256). Here only the folded weights
+    accumulate, and loading peaks at about one copy plus one stage.
+    """
+    from jtts.checkpoint import release_freed_memory
+
+    def take(prefix):
+        tree: dict = {}
+        for name, value in reader.read([n for n in reader.shapes if n.startswith(prefix)]).items():
+            *path, leaf = (int(k) if k.isdigit() else k for k in name[len(prefix):].split("."))
+            node = tree
+            for k in path:
+                node = node.setdefault(k, {})
+            node[leaf] = value
+        return nnx.State(tree)
+
+    up = take("upsample.")
+    up_w = jnp.asarray(np.transpose(up.kernel, (1, 0, 2)).reshape(cfg.n_mel_channels, -1), dtype)
+    up_b = jnp.asarray(up.bias, F32)
+    del up
     stages = []
     for flows in _stages(cfg):
-        ws = [params.flows[k].convinv.kernel[...] for k in flows]
-        ws = [jnp.linalg.inv(w) for w in ws] if inverse else ws
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params.flows[k].wn for k in flows])
-        stages.append((jnp.stack(ws), jax.vmap(lambda p: _fold_wn(p, cfg, dtype))(stacked)))
-    return Folded(up_w, params.upsample.bias[...], tuple(stages))
+        # flow by flow (a stage of WaveGlow-256 is 110 MB), then stacked as `fold_params` stacks them
+        folded = [jax.block_until_ready(_fold_stage_jit([take(f"flows.{k}.")], cfg=cfg, dtype=jnp.dtype(dtype),
+                                                        inverse=True)) for k in flows]
+        stages.append(jax.tree.map(lambda *a: jnp.concatenate(a), *folded))
+        del folded
+        release_freed_memory()
+    return Folded(up_w, up_b, tuple(stages))
 
 
 def _stages(cfg: WaveGlowConfig) -> list[range]:
@@ -467,6 +509,14 @@ class WaveGlowInference:
         """Itself, so that code taking a WaveGlow or a WaveGlowInference calls `.inference()` and folds at most once."""
         return self
 
+    @classmethod
+    def from_checkpoint(cls, path, *, dtype=None) -> "WaveGlowInference":
+        """The folded WaveGlow of a model directory, without building the trainable module first (a third of
+        the peak memory of `WaveGlow.from_checkpoint(path).inference()`, the same weights)."""
+        from jtts.models import load
+
+        return load(path, kind="waveglow", dtype=dtype, inference=True)
+
     def infer(self, mel, *, sigma: float = 0.9, z=None, key=None) -> jax.Array:
         """Mel (B, n_mel, F) -> float32 audio (B, F * 256), as DLE's `infer`.
 
@@ -542,6 +592,12 @@ class WaveGlow(FromCheckpoint, nnx.Module):
         """
         dtype = self.dtype if dtype is None else jnp.dtype(dtype)
         return WaveGlowInference(self.config, _fold_jit(nnx.state(self), cfg=self.config, dtype=dtype, inverse=True))
+
+    @staticmethod
+    def inference_from_flat(config: WaveGlowConfig, reader, dtype=F32) -> WaveGlowInference:
+        """What `jtts.models.load(..., inference=True)` returns: the WaveGlowInference of a model directory
+        (`reader`: its `jtts.checkpoint.ParamReader`), folded stage by stage without the module (`fold_flat`)."""
+        return WaveGlowInference(config, fold_flat(reader, config, jnp.dtype(dtype)))
 
     def infer(self, mel, *, sigma: float = 0.9, z=None, key=None) -> jax.Array:
         """`self.inference().infer(mel, ...)` (see WaveGlowInference.infer): convenient for one call, but it folds

@@ -85,3 +85,30 @@ def test_attention_focus_hand_values():
     a[2, :, 4] = 0.95                # a padded character, ignored
     focus = np.asarray(attention_focus(a, np.array([4, 5, 2]), np.array([4, 2, 3])))
     np.testing.assert_allclose(focus, [0.25, 1.0, 0.75], rtol=1e-7)
+
+
+def test_gate_pos_weight_is_torchs_bce_with_logits():
+    """--gate-pos-weight: torch's BCEWithLogitsLoss(pos_weight=w) on logits of every size, and exactly DLE's
+    loss at w = 1."""
+    import torch
+
+    from jtts.train.losses import bce_with_logits, tacotron2_loss
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 300)) * np.array([[0.1], [3.0], [30.0], [300.0]])).astype(np.float32)
+    y = (rng.random((4, 300)) < 0.1).astype(np.float32)
+    for w in (1.0, 5.0, 0.3):
+        ref = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w))(torch.from_numpy(x), torch.from_numpy(y)).item()
+        got = float(bce_with_logits(x, y, w))
+        # terms are up to |x| = 1e3 before the mean: float32 rounding of the terms, not of the mean
+        assert abs(got - ref) <= 1e-6 * float(np.mean(np.abs(x) * (1 + w))), (w, got, ref)
+    assert float(bce_with_logits(x, y, 1.0)) == float(bce_with_logits(x, y))
+    # the weight multiplies the stop frames' term only: with no stop frame it changes nothing
+    zeros = np.zeros_like(y)
+    assert float(bce_with_logits(x, zeros, 7.0)) == pytest.approx(float(bce_with_logits(x, zeros)), rel=1e-6)
+    mel = rng.standard_normal((2, 80, 300)).astype(np.float32)
+    out = (mel + 0.1, mel - 0.1, x[:2], None)
+    base, parts = tacotron2_loss(out, mel, y[:2])
+    weighted, wparts = tacotron2_loss(out, mel, y[:2], 5.0)
+    assert wparts["gate"] > parts["gate"] and wparts["mel"] == parts["mel"]
+    assert float(weighted - base) == pytest.approx(float(wparts["gate"] - parts["gate"]), rel=1e-5)

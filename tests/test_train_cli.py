@@ -104,6 +104,7 @@ def test_errors_are_one_line(tmp_path, capsys, extra, needle, code):
     ("--segment-length", "100", "an integer >= 256"), ("--buckets", "0", "an integer >= 1"),
     ("--workers", "-1", "an integer >= 0"), ("--prenet-dropout", "1", "a number >= 0 and < 1"),
     ("--guided-attention", "-0.5", "a number >= 0"), ("--batch-size", "four", "an integer >= 1"),
+    ("--gate-pos-weight", "0", "a number > 0"),
 ])
 def test_numeric_options_are_checked_when_parsed(tmp_path, capsys, option, value, allowed):
     with pytest.raises(SystemExit) as e:

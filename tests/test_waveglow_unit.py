@@ -230,6 +230,56 @@ def test_from_checkpoint(tmp_path, model, mel):
     assert loaded.config == SMALL
     assert np.array_equal(np.asarray(loaded.infer(mel, sigma=0.0)), np.asarray(model.infer(mel, sigma=0.0)))
 
+    # folded straight from the files, flow by flow, without the module: the same weights up to rounding (a
+    # per-flow program sums in another order than the whole-model fold: measured 2 float32 ulps of the leaf's
+    # largest magnitude; a float32 difference can flip a bfloat16 rounding, one bfloat16 ulp)
+    for dtype in ("float32", "bfloat16"):
+        direct = WaveGlowInference.from_checkpoint(tmp_path / "wg", dtype=dtype)
+        assert isinstance(direct, WaveGlowInference) and direct.config == SMALL and direct.dtype == dtype
+        via_module = model.inference(dtype)
+        leaves, ref_leaves = jax.tree.leaves(direct), jax.tree.leaves(via_module)
+        assert [(a.shape, a.dtype) for a in leaves] == [(a.shape, a.dtype) for a in ref_leaves]
+        for a, b in zip(leaves, ref_leaves):
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            bound = (1e-5 if dtype == "float32" else 2.0 ** -8) * np.abs(b).max()
+            assert np.abs(a - b).max() <= bound, (np.abs(a - b).max(), bound)
+        err = rel(direct.infer(mel, sigma=0.0), via_module.infer(mel, sigma=0.0))
+        assert err <= (1e-6 if dtype == "float32" else 5e-3), (dtype, err)
+
+
+def test_param_reader_reads_only_what_is_asked(tmp_path, model, monkeypatch):
+    """`ParamReader` restores the named arrays only (Orbax's partial restore), and an Orbax without partial
+    restore falls back to one whole read that gives the same arrays."""
+    import orbax.checkpoint as ocp
+
+    from jtts.checkpoint import ParamReader, load_model, save_model
+
+    params = {k: np.asarray(v.get_value()) for k, v in flat_state(model).items()}
+    save_model(tmp_path / "wg", "waveglow", dataclasses.asdict(SMALL), params)
+    reader = ParamReader(tmp_path / "wg")
+    assert reader.shapes == {k: v.shape for k, v in params.items()}
+    part = reader.read(["upsample.bias", "flows.3.convinv.kernel"])
+    assert sorted(part) == ["flows.3.convinv.kernel", "upsample.bias"]
+    assert all(np.array_equal(part[k], params[k]) and part[k].dtype == np.float32 for k in part)
+    _, everything = load_model(tmp_path / "wg")
+    assert sorted(everything) == sorted(params)
+    assert all(np.array_equal(everything[k], params[k]) for k in params)
+    # smaller groups than one array each: still every array once
+    assert all(np.array_equal(v, params[k]) for k, v in ParamReader(tmp_path / "wg").read_all(1).items())
+
+    class NoPartial(ocp.args.PyTreeRestore):
+        def __init__(self, *a, partial_restore=False, **k):
+            if partial_restore:
+                raise TypeError("unexpected keyword argument 'partial_restore'")
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(ocp.args, "PyTreeRestore", NoPartial)
+    old = ParamReader(tmp_path / "wg")
+    got = old.read(["upsample.bias"])
+    assert list(got) == ["upsample.bias"] and np.array_equal(got["upsample.bias"], params["upsample.bias"])
+    rest = old.read_all()
+    assert sorted(rest) == sorted(params) and all(np.array_equal(rest[k], params[k]) for k in params)
+
 
 # -- jtts.convert.waveglow --------------------------------------------------------------------------------------
 

@@ -127,6 +127,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--guided-attention", type=ranged(float, 0), default=0.0, metavar="WEIGHT",
                    help="Tacotron 2: weight of a diagonal attention prior loss (Tachibana et al. 2017); 0, the "
                         "default, is DLE's recipe")
+    p.add_argument("--gate-pos-weight", type=ranged(float, 0, above=True), default=1.0, metavar="WEIGHT",
+                   help="Tacotron 2: weight of the stop frames in the gate loss (ESPnet uses 5, Coqui 10); 1, the "
+                        "default, is DLE's recipe")
     p.add_argument("--synthetic", action="store_true", help="random batches instead of data (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, train_parser=p)
@@ -198,7 +201,8 @@ def _task(args):
     from .tasks import task_for
 
     if args.kind == "tacotron2":
-        return task_for("tacotron2", prenet_dropout=args.prenet_dropout, guided_attention=args.guided_attention)
+        return task_for("tacotron2", prenet_dropout=args.prenet_dropout, guided_attention=args.guided_attention,
+                        gate_pos_weight=args.gate_pos_weight)
     return task_for(args.kind, segment_length=args.segment_length)
 
 

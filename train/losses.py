@@ -14,19 +14,25 @@ from jtts.waveglow import waveglow_loss as _waveglow_nll
 F32 = jnp.float32
 
 
-def bce_with_logits(logits, targets):
-    """Mean binary cross-entropy on logits, in torch's stable form max(x, 0) - x*y + log(1 + exp(-|x|))."""
+def bce_with_logits(logits, targets, pos_weight: float = 1.0):
+    """Mean binary cross-entropy on logits, in torch's stable form max(x, 0) - x*y + log(1 + exp(-|x|)); with
+    pos_weight, torch's BCEWithLogitsLoss(pos_weight=...): the positive term weighted, (1 - y) x +
+    (1 + (w - 1) y) (log(1 + exp(-|x|)) + max(-x, 0))."""
     x, y = jnp.asarray(logits, F32), jnp.asarray(targets, F32)
-    return jnp.mean(jnp.maximum(x, 0.0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+    softplus_neg = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    if pos_weight == 1.0:
+        return jnp.mean(jnp.maximum(x, 0.0) - x * y + softplus_neg)
+    return jnp.mean((1.0 - y) * x + (1.0 + (pos_weight - 1.0) * y) * (softplus_neg + jnp.maximum(-x, 0.0)))
 
 
-def tacotron2_loss(outputs, mel_target, gate_target):
-    """outputs = Tacotron2.__call__'s (mel, mel_postnet, gate_logits, alignments) -> (loss, parts dict)."""
+def tacotron2_loss(outputs, mel_target, gate_target, gate_pos_weight: float = 1.0):
+    """outputs = Tacotron2.__call__'s (mel, mel_postnet, gate_logits, alignments) -> (loss, parts dict).
+    gate_pos_weight weights the gate's "stop" frames (1, the default, is DLE's loss; ESPnet uses 5, Coqui 10)."""
     mel, mel_post, gate = (jnp.asarray(o, F32) for o in outputs[:3])
     target = jnp.asarray(mel_target, F32)
     mel_loss = jnp.mean(jnp.square(mel - target))
     post_loss = jnp.mean(jnp.square(mel_post - target))
-    gate_loss = bce_with_logits(gate, gate_target)
+    gate_loss = bce_with_logits(gate, gate_target, gate_pos_weight)
     return mel_loss + post_loss + gate_loss, dict(mel=mel_loss, postnet=post_loss, gate=gate_loss)
 
 

@@ -61,10 +61,14 @@ class Task:
 @dataclass
 class Tacotron2Task(Task):
     """DLE's Tacotron 2 recipe. prenet_dropout: DLE keeps it at 0.5 always (0 turns it off, e.g. for parity).
-    guided_attention: weight of Tachibana et al.'s diagonal attention prior (0, the default, is DLE's loss)."""
+    guided_attention: weight of Tachibana et al.'s diagonal attention prior (0, the default, is DLE's loss).
+    gate_pos_weight: weight of the gate's stop frames in its cross-entropy (1, the default, is DLE's loss). Why
+    offer it: a sentence of N frames has one informative stop target (its last frame; the padding after it is
+    told apart by the zero frames fed in), so DLE's gate learns "stop" long after attention has aligned."""
     prenet_dropout: float = 0.5
     guided_attention: float = 0.0
     guided_attention_sigma: float = 0.2
+    gate_pos_weight: float = 1.0
 
     kind: ClassVar[str] = "tacotron2"
     batch_keys: ClassVar[tuple[str, ...]] = ("tokens", "token_lengths", "mels", "mel_lengths", "gate")
@@ -79,7 +83,7 @@ class Tacotron2Task(Task):
     def forward(self, model, batch, key):
         out = model(batch["tokens"], batch["token_lengths"], batch["mels"], batch["mel_lengths"],
                     prenet_dropout=self.prenet_dropout, key=key)
-        loss, parts = tacotron2_loss(out, batch["mels"], batch["gate"])
+        loss, parts = tacotron2_loss(out, batch["mels"], batch["gate"], self.gate_pos_weight)
         if self.guided_attention:
             from .losses import guided_attention_loss
 
