@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from robust_helpers import tiny_dir
 from zygote import Zygote
 
 SEED = 9
@@ -37,28 +38,6 @@ TINY = {"tacotron2": dict(n_symbols=148, symbols_embedding_dim=32, encoder_embed
         "waveglow": dict(n_flows=4, n_early_every=2, n_layers=2, n_channels=16)}
 
 
-def _tiny_model(root: Path, kind: str, rng) -> Path:
-    """A tiny model directory with seeded random weights, drawn in numpy (building the model eagerly to
-    initialise it costs 10-20 s here); Tacotron 2's gate bias is -10, so it never stops by itself."""
-    import dataclasses
-
-    from jtts import models
-    from jtts.checkpoint import flat_state, save_model
-
-    model = models.build(kind, TINY[kind], abstract=True)
-    params = {}
-    for name, var in flat_state(model).items():
-        shape, last = tuple(var.shape), name.rsplit(".", 1)[-1]
-        if last in ("var", "scale", "g"):
-            params[name] = np.ones(shape, np.float32)
-        elif last in ("mean", "bias"):
-            params[name] = np.full(shape, -10.0 if name == "decoder.gate.bias" else 0.0, np.float32)
-        else:
-            fan_in = int(np.prod(shape[:-1])) or 1
-            params[name] = rng.normal(0, fan_in ** -0.5, shape).astype(np.float32)
-    return save_model(root / kind, kind, dataclasses.asdict(model.config), params)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny models, clean conversions and synthesis runs to compare with, and a zygote sharing the XLA cache."""
@@ -67,8 +46,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     saved = os.environ.get("JTTS_HOME")
     os.environ["JTTS_HOME"] = str(root / "home")
-    rng = np.random.default_rng(SEED)
-    m = {kind: _tiny_model(root, kind, rng) for kind in ("tacotron2", "waveglow")}
+    m = {kind: tiny_dir(root, kind, TINY[kind], SEED + i, end_scale=0.5) for i, kind in enumerate(TINY)}
     (root / "lines.txt").write_text(LINES)
     (root / "earlier.txt").write_text(EARLIER)
     # no denoiser: its set-up traces WaveGlow once more, the largest part of a tiny synthesis

@@ -9,7 +9,6 @@ seen what it waits for: no timing assumptions."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import http.client
 import io
 import json
@@ -28,6 +27,7 @@ import jtts.cli as cli
 from jtts.errors import JttsError, UsageError
 from jtts.serve import add_serve_parser
 from jtts.serve.server import Background, bind, build, run
+from robust_helpers import tiny_dir
 
 STEPS = 16  # the tiny Tacotron 2 never stops by itself (gate bias -10): every sentence is STEPS frames
 HOP = 256
@@ -44,30 +44,8 @@ TINY = {"tacotron2": dict(symbols_embedding_dim=32, encoder_embedding_dim=32, en
 
 
 def tiny_model(root: Path, kind: str, seed: int, config: dict | None = None, end_scale: float = 0.5) -> Path:
-    """A model directory (TINY unless `config` overrides; {} is NVIDIA's full size) with seeded random weights
-    drawn in numpy (fast); Tacotron 2's gate bias is -10, so every sentence runs max_decoder_steps frames.
-
-    WaveGlow's 1x1 convolutions are rotations and its WN `end` layers are scaled by `end_scale`, so the flows stay
-    near unit scale: random weights otherwise make a WaveGlow whose audio is hundreds of times too loud and
-    changes by whole percents when its mel changes by float rounding (the full-size one needs end_scale 0.05)."""
-    from jtts import models
-    from jtts.checkpoint import flat_state, save_model
-
-    rng = np.random.default_rng(seed)
-    model = models.build(kind, TINY[kind] if config is None else config, abstract=True)
-    params = {}
-    for name, var in flat_state(model).items():
-        shape, last = tuple(var.shape), name.rsplit(".", 1)[-1]
-        if last in ("var", "scale", "g"):
-            params[name] = np.ones(shape, np.float32)
-        elif last in ("mean", "bias"):
-            params[name] = np.full(shape, -10.0 if name == "decoder.gate.bias" else 0.0, np.float32)
-        elif last == "kernel" and name.endswith("convinv.kernel"):  # a rotation: invertible, well conditioned
-            params[name] = np.linalg.qr(rng.normal(size=shape))[0].astype(np.float32)
-        else:  # WN's `end` small, so that the flows stay near unit scale and the audio mostly within [-1, 1]
-            scale = end_scale if name.endswith("end.kernel") else 1.0
-            params[name] = rng.normal(0, scale * (int(np.prod(shape[:-1])) or 1) ** -0.5, shape).astype(np.float32)
-    return save_model(root / kind, kind, dataclasses.asdict(model.config), params)
+    """A model directory (TINY unless `config` overrides; {} is NVIDIA's full size): `robust_helpers.tiny_params`."""
+    return tiny_dir(root, kind, TINY[kind] if config is None else config, seed, end_scale)
 
 
 def serve_args(taco, wg, *extra):
