@@ -276,10 +276,12 @@ def _peak_memory_child(which: str, tmp: str, steps: int, dtype: str) -> None:
         import jax
         import jax.numpy as jnp
 
-        from jtts import Denoiser, Tacotron2, WaveGlow
+        from jtts import Denoiser, Tacotron2, WaveGlowInference
 
         dt = jnp.dtype(dtype)
-        taco, wg = Tacotron2.from_checkpoint(tmp / "t", dtype=dt), WaveGlow.from_checkpoint(tmp / "w256").inference(dt)
+        # as `jtts synthesize` loads them: WaveGlow folded straight from its files
+        taco = Tacotron2.from_checkpoint(tmp / "t", dtype=dt)
+        wg = WaveGlowInference.from_checkpoint(tmp / "w256", dtype=dt)
         den = Denoiser(wg)
         loaded = high_water_mb()
         mel = taco.infer(tokens, np.array([128]), key=jax.random.key(0), max_decoder_steps=steps,
