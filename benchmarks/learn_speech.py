@@ -107,7 +107,8 @@ def export(run: Path, step: int, out: Path) -> Path:
                       source={"trained_by": "jtts train", "run": str(run.absolute()), "step": step})
 
 
-def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: int | None = None) -> dict:
+def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: int | None = None,
+             gate_threshold: float | None = None) -> dict:
     """Free-running decoding of every held-out sentence (prenet dropout on) and the metrics above."""
     import jax
 
@@ -120,7 +121,7 @@ def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: i
         part = utts[b:b + batch]
         keys = [jax.random.fold_in(root, b + r) for r in range(len(part))]
         for u, d in zip(part, decode_rows(model, [list(u.tokens) for u in part], keys,
-                                          max_decoder_steps=max_decoder_steps)):
+                                          max_decoder_steps=max_decoder_steps, gate_threshold=gate_threshold)):
             true = np.load(u.mel)
             m, l1 = mcd(d.mel, true)
             # where the attention peak first reaches the last two symbols: the length the gate should give
@@ -196,6 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, nargs="*", help="checkpoints to evaluate (default: all)")
     p.add_argument("--seed", type=int, default=0, help="prenet dropout keys")
     p.add_argument("--max-decoder-steps", type=int, help="default: the model's config (2000)")
+    p.add_argument("--gate-threshold", type=float, help="default: the model's config (DLE's 0.5)")
+    p.add_argument("--stop-probe", action="store_true",
+                   help="also the gate's teacher-forced stop probability at and before each sentence's last frame")
     p.add_argument("--json", type=Path, help="write every figure and per-sentence row here")
     p.add_argument("--plot-alignments", type=Path, help="free-running alignments of 4 sentences per checkpoint")
     p.add_argument("--plot-curves", type=Path, help="training and held-out loss from train_log.jsonl")
@@ -209,18 +213,23 @@ def main(argv=None) -> int:
     log = read_log(args.run)
     if args.plot_curves:
         plot_curves(args.plot_curves, log)
-    start = next((e["time"] for e in log if e.get("event") == "start"), None)
-    when = {e["step"]: e["time"] for e in log if e.get("event") == "train"}
+    minutes = train_minutes(log)
     steps = args.steps or checkpoint_steps(args.run)
     results, shots = [], []
-    print("step  wall min  focus (min)    within 10%  ratio range   max steps  MCD dB  log-mel L1  "
+    print("step  train min focus (min)    within 10%  ratio range   max steps  MCD dB  log-mel L1  "
           "end reached within 10% (range)  eval s")
     for step in steps:
         t0 = time.perf_counter()
         model = load_step(args.run, step)
-        res = evaluate(model, val, seed=args.seed, max_decoder_steps=args.max_decoder_steps)
+        res = evaluate(model, val, seed=args.seed, max_decoder_steps=args.max_decoder_steps,
+                       gate_threshold=args.gate_threshold)
         res["step"], res["eval_s"] = step, time.perf_counter() - t0
-        res["wall_min"] = (when[step] - start) / 60 if start and step in when else None
+        res["wall_min"] = minutes.get(step)
+        if args.stop_probe:
+            res["stop_probe"] = stop_probe(model, val, args.seed)
+            print(f"      teacher-forced stop probability at the last frame {res['stop_probe']['last_min']:.3f}-"
+                  f"{res['stop_probe']['last_max']:.3f}, before the last 5 frames at most "
+                  f"{res['stop_probe']['before_max']:.3f} (first {res['stop_probe']['sentences']} sentences)")
         results.append(res)
         wall = f"{res['wall_min']:8.1f}" if res["wall_min"] is not None else "       ?"
         print(f"{step:5d} {wall}  {res['focus']:.3f} ({res['focus_min']:.2f})  {res['within_10']:9.0%}  "
@@ -237,6 +246,38 @@ def main(argv=None) -> int:
     if args.export and steps:
         print(f"wrote {export(args.run, steps[-1], args.export)}")
     return 0
+
+
+def train_minutes(log: list[dict]) -> dict[int, float]:
+    """{step: minutes the run itself took to reach it}: time between consecutive log events, not counting the
+    pauses between an interruption and the next resume."""
+    out, busy, prev = {}, 0.0, None
+    for e in log:
+        if e.get("event") in ("start", "resume"):
+            prev = e["time"]
+            continue
+        if prev is not None and "time" in e:
+            busy, prev = busy + e["time"] - prev, e["time"]
+        if e.get("event") in ("train", "checkpoint"):
+            out[e["step"]] = busy / 60
+    return out
+
+
+def stop_probe(model, val, seed: int, n: int = 12) -> dict:
+    """The gate's stop probability, teacher-forced (prenet dropout on), on the first n held-out sentences: at
+    each one's last frame (where it should pass 0.5) and its largest value before the last 5 frames."""
+    import jax
+
+    last, before = [], []
+    for i, u in enumerate(list(val)[:n]):
+        mel = np.load(u.mel)[None]
+        out = model(np.array([list(u.tokens)]), np.array([len(u.tokens)]), mel, np.array([mel.shape[2]]),
+                    key=jax.random.fold_in(jax.random.key(seed), i))
+        p = 1 / (1 + np.exp(-np.asarray(out[2], np.float64)[0]))
+        last.append(p[-1])
+        before.append(p[:-5].max())
+    return dict(sentences=len(last), last_min=float(min(last)), last_max=float(max(last)),
+                before_max=float(max(before)), last=[float(x) for x in last], before=[float(x) for x in before])
 
 
 def _alignments(model, val, seed: int) -> list[np.ndarray]:
