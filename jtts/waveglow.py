@@ -308,13 +308,13 @@ _fold_stage_jit = jax.jit(_fold_stage, static_argnames=("cfg", "dtype", "inverse
 
 
 def fold_flat(reader, cfg: WaveGlowConfig, dtype) -> Folded:
-    """`fold_params(..., inverse=True)` from flat arrays in `jtts.checkpoint` names, read one stage at a time
+    """`fold_params(..., inverse=True)` from flat arrays in `jtts.checkpoint` names, read one flow at a time
     from `reader` (a `jtts.checkpoint.ParamReader`: `.shapes` {name: shape}, `.read(names)` {name: array}),
-    each stage's arrays dropped once folded.
+    each flow's arrays dropped once folded and each stage's folded flows stacked.
 
     Why not build the module and fold it: that keeps three copies of the weights alive at once (the restored
     arrays, the module's and the folded ones; 335 MB each for WaveGlow-256). Here only the folded weights
-    accumulate, and loading peaks at about one copy plus one stage.
+    accumulate, and loading peaks at about one copy plus one stage (its folded flows and their stack).
     """
     from jtts.checkpoint import release_freed_memory
 
@@ -596,7 +596,7 @@ class WaveGlow(FromCheckpoint, nnx.Module):
     @staticmethod
     def inference_from_flat(config: WaveGlowConfig, reader, dtype=F32) -> WaveGlowInference:
         """What `jtts.models.load(..., inference=True)` returns: the WaveGlowInference of a model directory
-        (`reader`: its `jtts.checkpoint.ParamReader`), folded stage by stage without the module (`fold_flat`)."""
+        (`reader`: its `jtts.checkpoint.ParamReader`), folded flow by flow without the module (`fold_flat`)."""
         return WaveGlowInference(config, fold_flat(reader, config, jnp.dtype(dtype)))
 
     def infer(self, mel, *, sigma: float = 0.9, z=None, key=None) -> jax.Array:
