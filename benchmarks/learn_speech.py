@@ -206,10 +206,10 @@ def main(argv=None) -> int:
     p.add_argument("--export", type=Path, help="also write the last checkpoint evaluated as a model directory")
     args = p.parse_args(argv)
 
-    from jtts.train.datasets import load_cache
+    from jtts.train.datasets import load_cache, with_text_frontend
     from jtts.train.rundir import read_log
 
-    val = load_cache(args.val)
+    cached = load_cache(args.val)
     log = read_log(args.run)
     if args.plot_curves:
         plot_curves(args.plot_curves, log)
@@ -221,6 +221,7 @@ def main(argv=None) -> int:
     for step in steps:
         t0 = time.perf_counter()
         model = load_step(args.run, step)
+        val = with_text_frontend(cached, model.config.text_frontend)  # the model's ids
         res = evaluate(model, val, seed=args.seed, max_decoder_steps=args.max_decoder_steps,
                        gate_threshold=args.gate_threshold)
         res["step"], res["eval_s"] = step, time.perf_counter() - t0

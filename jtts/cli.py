@@ -155,6 +155,20 @@ def _check_model_arg(path: str, kind: str) -> None:
         read_meta(p, kind)
 
 
+def text_frontend_of(path: str | None):
+    """The text front end of the Tacotron 2 model directory `path` (from its model.json, nothing loaded), so that
+    text is prepared for the model before it loads; DLE's for anything else (NVIDIA's checkpoints and the NGC
+    models; a bad path or model.json is reported when the model is checked and loaded)."""
+    from jtts.checkpoint import MODEL_FILE
+    from jtts.text import DLE_TEXT, TextFrontend
+
+    try:
+        config = json.loads((Path(path) / MODEL_FILE).read_text(encoding="utf-8"))["config"] if path else {}
+        return TextFrontend(config.get("text_cleaners", DLE_TEXT.cleaners), config.get("extra_symbols", ""))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return DLE_TEXT
+
+
 def _load(path: str, kind: str, dtype):
     """What synthesises (`models.load(..., inference=True)`) from a converted model directory, or from an NVIDIA
     .pt checkpoint converted on the fly into a temp directory."""

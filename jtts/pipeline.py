@@ -35,6 +35,7 @@ from jtts.frontend import shared_frontend
 from jtts.health import DEFAULT_LIMITS, Health, Limits
 from jtts.repair import Cancelled, Outcome, block_diagonal
 from jtts.sentences import MAX_CHARS, NothingToSpeak, Prepared, prepare
+from jtts.text import DLE_TEXT, TextFrontend
 
 if TYPE_CHECKING:
     from jtts.waveglow import WaveGlow, WaveGlowInference
@@ -131,14 +132,17 @@ class Utterance:
         return block_diagonal(self.alignments)
 
 
-def prepare_all(texts: Iterable[str | Prepared], max_chars: int = MAX_CHARS) -> list[Prepared]:
+def prepare_all(texts: Iterable[str | Prepared], max_chars: int = MAX_CHARS,
+                text_frontend: TextFrontend = DLE_TEXT) -> list[Prepared]:
+    """Each text prepared with the model's `text_frontend`. A Prepared is taken as it is if that is DLE's (what
+    `prepare` makes by default), else its text is prepared again."""
     out = []
     for i, t in enumerate(texts):
-        if isinstance(t, Prepared):
+        if isinstance(t, Prepared) and text_frontend == DLE_TEXT:
             out.append(t)
             continue
         try:
-            out.append(prepare(t, max_chars))
+            out.append(prepare(t.text if isinstance(t, Prepared) else t, max_chars, text_frontend))
         except NothingToSpeak as e:
             raise NothingToSpeak(f"utterance {i + 1}: {e}") from None
     return out
@@ -182,7 +186,7 @@ def iter_sentences(texts: Iterable[str | Prepared], tacotron2, waveglow: WaveGlo
     for stage in STAGES:
         clock.setdefault(stage, 0.0)
     t0 = time.perf_counter()
-    utts = prepare_all(texts, s.max_chars)
+    utts = prepare_all(texts, s.max_chars, tacotron2.config.text_frontend)
     clock["text"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     vocoder = waveglow.inference()
@@ -236,7 +240,7 @@ def _decode_batch(batch, utts, tacotron2, s: Settings, root, clock, stop=None) -
                                gate_threshold=s.gate_threshold, attention_window=s.attention_window, limits=s.limits)
     sentences = [(utts[u].sentences[j], utts[u].ids[j], sentence_key(root, u, j)) for u, j in batch]
     out = repair(decode, sentences, tries=s.tries if s.retry else 1, max_depth=s.max_splits if s.retry else 0,
-                 batch_size=s.batch_size, stop=stop)
+                 batch_size=s.batch_size, stop=stop, text_frontend=tacotron2.config.text_frontend)
     clock["tacotron2"] += time.perf_counter() - t0
     return out
 

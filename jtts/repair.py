@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jtts.health import DEFAULT_LIMITS, Health, Limits, rows
+from jtts.text import DLE_TEXT, TextFrontend
 
 _CLAUSE_END = re.compile(r"[,;:]\s+|\s+(?=[\u2014\u2013]|-\s)")
 
@@ -104,19 +105,17 @@ def closed(text: str) -> str:
     return core.rstrip(",;:-\u2013\u2014 ") + "." + quotes
 
 
-def split_in_two(text: str) -> tuple[str, str] | None:
+def split_in_two(text: str, text_frontend: TextFrontend = DLE_TEXT) -> tuple[str, str] | None:
     """Two halves of `text` at the clause mark nearest its middle if one lies in the middle half, else at the
-    space nearest the middle; None for a single word. Both halves must hold something to speak."""
-    from jtts.sentences import speakable
-    from jtts.text import text_to_sequence
-
+    space nearest the middle; None for a single word. Both halves must hold something to speak (to the model's
+    text front end)."""
     middle = len(text) / 2
     clauses = [m.end() for m in _CLAUSE_END.finditer(text) if len(text) / 4 <= m.end() <= 3 * len(text) / 4]
     spaces = [m.end() for m in re.finditer(r"\s+", text)]
     for cuts in (clauses, spaces):
         for cut in sorted(cuts, key=lambda c: abs(c - middle)):
             left, right = text[:cut].strip(), text[cut:].strip()
-            if left and right and speakable(text_to_sequence(left)) and speakable(text_to_sequence(right)):
+            if left and right and all(text_frontend.speakable(text_frontend.ids(h)) for h in (left, right)):
                 return left, right
     return None
 
@@ -149,17 +148,16 @@ class _Node:
     ids: list[int]   # the text's ids as given; later tries (and split pieces) read `closed(text)`
     key: jax.Array
     depth: int
+    text_frontend: TextFrontend = DLE_TEXT  # the model's
     attempts: int = 0
     first: Decoded | None = None
     good: Decoded | None = None
     children: list["_Node"] = field(default_factory=list)
 
     def decode_ids(self) -> list[int]:
-        from jtts.text import text_to_sequence
-
         if self.attempts == 0 and self.depth == 0:
             return self.ids
-        return text_to_sequence(closed(self.text))
+        return self.text_frontend.ids(closed(self.text))
 
     def decode_key(self) -> jax.Array:
         if self.attempts == 0:
@@ -169,11 +167,12 @@ class _Node:
 
 def repair(decode: Callable[[list[list[int]], list[jax.Array]], list[Decoded]],
            sentences: list[tuple[str, list[int], jax.Array]], *, tries: int = 3, max_depth: int = 1,
-           batch_size: int = 8, stop=None) -> list[Outcome]:
+           batch_size: int = 8, stop=None, text_frontend: TextFrontend = DLE_TEXT) -> list[Outcome]:
     """sentences: (text, symbol ids, sentence key) -> an Outcome each. decode(seqs, prenet keys) decodes one
     batch (`decode_rows` with the settings bound). tries=1 and max_depth=0 turn repair off. stop: None, or a
-    threading.Event checked before every batch (raises Cancelled)."""
-    roots = [_Node(text, ids, key, 0) for text, ids, key in sentences]
+    threading.Event checked before every batch (raises Cancelled). text_frontend: the model's, for the ids of
+    split and closed text."""
+    roots = [_Node(text, ids, key, 0, text_frontend) for text, ids, key in sentences]
     pending = list(roots)
     while pending:
         decoded: list[Decoded] = []
@@ -190,9 +189,9 @@ def repair(decode: Callable[[list[list[int]], list[jax.Array]], list[Decoded]],
                 node.good = d
             elif node.attempts < tries:
                 retry.append(node)
-            elif node.depth < max_depth and (halves := split_in_two(node.text)):
-                node.children = [_Node(t, [], jax.random.fold_in(jax.random.fold_in(node.key, 3), i), node.depth + 1)
-                                 for i, t in enumerate(halves)]
+            elif node.depth < max_depth and (halves := split_in_two(node.text, text_frontend)):
+                node.children = [_Node(t, [], jax.random.fold_in(jax.random.fold_in(node.key, 3), i), node.depth + 1,
+                                       text_frontend) for i, t in enumerate(halves)]
                 retry += node.children
         pending = retry
     return [_outcome(root) for root in roots]

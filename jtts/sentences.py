@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from jtts.errors import NothingToSpeak
-from jtts.text import symbols, text_to_sequence
+from jtts.text import DLE_TEXT, TextFrontend
 
 MAX_CHARS = 200
 
@@ -25,7 +25,6 @@ ABBREVIATIONS = frozenset("""
     vs etc al e.g i.e cf approx est fig figs vol vols pp ch no nos op
 """.split())
 
-_SPEAKABLE_IDS = frozenset(i for i, s in enumerate(symbols) if s.isalpha() or s.startswith("@"))
 _END = re.compile(r"([.!?\u2026]+)([\"'\u201d\u2019)\]]*)(\s+|$)")
 _CLAUSE = re.compile(r"(?<=[,;:])\s+|\s+(?=[\u2014\u2013]|-\s)")
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -118,19 +117,20 @@ def split_long(sentence: str, limit: int = MAX_CHARS) -> list[str]:
     return pieces
 
 
-def speakable(ids: list[int]) -> bool:
-    return any(i in _SPEAKABLE_IDS for i in ids)
+def speakable(ids: list[int], text_frontend: TextFrontend = DLE_TEXT) -> bool:
+    return text_frontend.speakable(ids)
 
 
-def prepare(text: str, max_chars: int = MAX_CHARS) -> Prepared:
-    """Split `text` into speakable pieces with their symbol ids; pieces with nothing to say (a stray "..."
-    between sentences) are left out. Raises NothingToSpeak if no piece remains."""
+def prepare(text: str, max_chars: int = MAX_CHARS, text_frontend: TextFrontend = DLE_TEXT) -> Prepared:
+    """Split `text` into speakable pieces with their symbol ids (the model's `text_frontend`: its config's); pieces
+    with nothing to say (a stray "..." between sentences) are left out. Raises NothingToSpeak if no piece
+    remains."""
     clean, dropped = sanitize(text)
     out = Prepared(text=text, dropped=dropped)
     for sentence in split_sentences(clean):
         for piece in split_long(sentence, max_chars):
-            ids = text_to_sequence(piece)
-            if speakable(ids):
+            ids = text_frontend.ids(piece)
+            if text_frontend.speakable(ids):
                 out.sentences.append(piece)
                 out.ids.append(ids)
     if not out.sentences:

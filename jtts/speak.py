@@ -123,13 +123,13 @@ def _read_texts(args) -> list[tuple[str, str]]:
     return _read_lines(sys.stdin.read() if sys.stdin is not None else "", "stdin")
 
 
-def _prepare(items: list[tuple[str, str]], max_chars: int):
+def _prepare(items: list[tuple[str, str]], max_chars: int, text_frontend):
     from jtts.sentences import NothingToSpeak, prepare
 
     out = []
     for where, text in items:
         try:
-            out.append(prepare(text, max_chars))
+            out.append(prepare(text, max_chars, text_frontend))
         except NothingToSpeak as e:
             raise NothingToSpeak(f"{where}: {e}") from None
     return out
@@ -343,7 +343,7 @@ class _Progress:
 def _synthesize(args) -> int:
     t_start = time.perf_counter()
     items = _read_texts(args)
-    prepared = _prepare(items, args.max_chars)
+    prepared = _prepare(items, args.max_chars, cli.text_frontend_of(args.tacotron2))
     t_text = time.perf_counter() - t_start
     out = _plan_output(args, len(prepared))
     for kind in ("tacotron2", "waveglow"):

@@ -24,6 +24,7 @@ from flax import nnx
 
 from jtts.frontend import AudioConfig, model_audio
 from jtts.models import FromCheckpoint
+from jtts.text import TextFrontend
 
 F32 = jnp.float32
 
@@ -56,11 +57,25 @@ class Tacotron2Config:
     # The mels' audio front end (not a DLE constructor argument: DLE sets it in its training script). None or
     # a dict (model.json) becomes an AudioConfig, DLE's by default, with n_mels = n_mel_channels.
     audio: AudioConfig | None = None
+    # The text front end (`jtts.text.TextFrontend`; not DLE arguments either: DLE sets its cleaners on the
+    # command line and its symbols in a module): cleaners, and characters after DLE's 148 symbols (ids 148, ...).
+    text_cleaners: tuple[str, ...] = ("english_cleaners",)
+    extra_symbols: str = ""
 
     def __post_init__(self):
         if self.n_frames_per_step != 1:
             raise ValueError("n_frames_per_step must be 1 (DLE's models and checkpoints use 1)")
+        text = TextFrontend(self.text_cleaners, self.extra_symbols)
+        object.__setattr__(self, "text_cleaners", text.cleaners)  # a list from JSON becomes the tuple
+        if self.extra_symbols and self.n_symbols < text.n_symbols:
+            raise ValueError(f"n_symbols {self.n_symbols} is smaller than the symbol table (148 + "
+                             f"{len(self.extra_symbols)} extra_symbols): set n_symbols={text.n_symbols}")
         object.__setattr__(self, "audio", model_audio(self, self.n_mel_channels))
+
+    @property
+    def text_frontend(self) -> TextFrontend:
+        """What turns text into this model's ids."""
+        return TextFrontend(self.text_cleaners, self.extra_symbols)
 
     @classmethod
     def from_dle(cls, config: dict[str, Any]) -> "Tacotron2Config":
@@ -68,9 +83,9 @@ class Tacotron2Config:
         return cls(**{k: v for k, v in config.items() if k in names})
 
     def to_dle(self) -> dict[str, Any]:
-        """DLE's constructor arguments (the front end is not one of them)."""
+        """DLE's constructor arguments (the front ends are not among them)."""
         out = asdict(self)
-        del out["audio"]
+        del out["audio"], out["text_cleaners"], out["extra_symbols"]
         return out
 
 

@@ -316,17 +316,14 @@ def fold_flat(reader, cfg: WaveGlowConfig, dtype) -> Folded:
     arrays, the module's and the folded ones; 335 MB each for WaveGlow-256). Here only the folded weights
     accumulate, and loading peaks at about one copy plus one stage (its folded flows and their stack).
     """
+    from flax import traverse_util
+
     from jtts.checkpoint import release_freed_memory
 
-    def take(prefix):
-        tree: dict = {}
-        for name, value in reader.read([n for n in reader.shapes if n.startswith(prefix)]).items():
-            *path, leaf = (int(k) if k.isdigit() else k for k in name[len(prefix):].split("."))
-            node = tree
-            for k in path:
-                node = node.setdefault(k, {})
-            node[leaf] = value
-        return nnx.State(tree)
+    def take(prefix):  # the arrays under `prefix`, nested as the module's state (list indices as ints)
+        arrays = reader.read([n for n in reader.shapes if n.startswith(prefix)])
+        return nnx.State(traverse_util.unflatten_dict(
+            {tuple(int(k) if k.isdigit() else k for k in n[len(prefix):].split(".")): v for n, v in arrays.items()}))
 
     up = take("upsample.")
     up_w = jnp.asarray(np.transpose(up.kernel, (1, 0, 2)).reshape(cfg.n_mel_channels, -1), dtype)

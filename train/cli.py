@@ -155,7 +155,9 @@ def add_preprocess_parser(subparsers):
     p.add_argument("--max-seconds", type=ranged(float, 0, above=True),
                    help="treat clips longer than this many seconds as bad entries")
     p.add_argument("--text-cleaners", nargs="+",
-                   help="jtts.text cleaners (default: english_cleaners, as DLE)")
+                   help="jtts.text cleaners of the cache's ids, which decide what has something to speak (default: "
+                        "english_cleaners, as DLE); training makes the ids again with the model's text front end "
+                        "(text_cleaners, extra_symbols) where that differs")
     p.add_argument("--config", metavar="CONFIG",
                    help="take the audio front end of this model directory or config JSON (the model to be trained)")
     p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], type=set_option,
@@ -225,13 +227,16 @@ def _model(args, config):
 
     from .warmstart import warm_start
 
-    _, params = load_model(args.init_from, args.kind)
+    meta, params = load_model(args.init_from, args.kind)
+    # A symbol table extended at its end keeps the trained rows' meaning: they are loaded, the new rows start fresh.
+    old_extra, new_extra = meta["config"].get("extra_symbols", "") or "", getattr(config, "extra_symbols", "")
+    grow = ("embedding.embedding",) if len(new_extra) > len(old_extra) and new_extra.startswith(old_extra) else ()
     # fresh weights only where some are kept: otherwise every tensor is loaded into an abstract model
-    model = models.build(args.kind, config, seed=args.seed, abstract=not args.ignore_layers)
+    model = models.build(args.kind, config, seed=args.seed, abstract=not (args.ignore_layers or grow))
     table = models.get(args.kind).names_module.table(config)
     done = warm_start(model, params, args.ignore_layers, source=args.init_from,
-                      torch_names={r.torch: r.jtts for r in table})
-    if args.ignore_layers and jax.process_index() == 0:
+                      torch_names={r.torch: r.jtts for r in table}, grow=grow)
+    if (args.ignore_layers or done.grown) and jax.process_index() == 0:
         print(done.summary(args.init_from), file=sys.stderr)
     return model
 
@@ -273,12 +278,18 @@ def _data(args, task, batch_size: int, config, n_dev: int):
         return SyntheticBatches(task, batch_size // jax.process_count(), config, seed=args.seed), None
     from jtts.frontend import frontend_of
 
-    from .datasets import load_dataset
+    from .datasets import load_dataset, with_text_frontend
 
     audio = frontend_of(config)
-    train_set = load_dataset(args.data, audio=audio)
+    text = getattr(config, "text_frontend", None)  # the model's (Tacotron 2): the ids synthesis will feed it
+
+    def load(path):
+        data = load_dataset(path, audio=audio)
+        return with_text_frontend(data, text) if text is not None else data
+
+    train_set = load(args.data)
     _check_batch_fits(batch_size, train_set, n_dev)
-    val_set = load_dataset(args.val, audio=audio) if args.val and args.val_every else None
+    val_set = load(args.val) if args.val and args.val_every else None
     train_it = task.batches(train_set, batch_size, seed=args.seed, buckets=args.buckets, worker_count=args.workers,
                             shard=(jax.process_index(), jax.process_count()))
     val = (lambda: task.val_batches(val_set, batch_size, train_it)) if val_set is not None else None

@@ -32,10 +32,10 @@ import numpy as np
 from jtts.audio import load_wav
 from jtts.errors import DataError
 from jtts.frontend import DEFAULT as DEFAULT_AUDIO, AudioConfig
-from jtts.text import text_to_sequence
+from jtts.text import TextFrontend, text_to_sequence
 
 __all__ = ["DataError", "Utterance", "Dataset", "load_dataset", "read_ljspeech", "read_filelist",
-           "load_cache", "read_audio", "read_mel", "mels_from_audio", "MANIFEST", "MEL_PARAMS"]
+           "load_cache", "with_text_frontend", "read_audio", "read_mel", "mels_from_audio", "MANIFEST", "MEL_PARAMS"]
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "jtts-mel-cache"
@@ -78,6 +78,7 @@ class Dataset(Sequence):
     origin: str
     problems: list[str] = dataclasses.field(default_factory=list)
     audio: AudioConfig = DEFAULT_AUDIO  # every utterance's front end
+    cleaners: tuple[str, ...] = DEFAULT_CLEANERS  # the text cleaners `tokens` were made with
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -147,7 +148,26 @@ def _collect(entries: Iterable[tuple[str, Path | None, str]], origin: str, *, on
     if not utterances:
         skipped = f" ({len(problems)} bad entries skipped)" if problems else ""
         raise DataError(f"no usable utterances in {origin}{skipped}", problems)
-    return Dataset(utterances, origin, problems, fe)
+    return Dataset(utterances, origin, problems, fe, (cleaners,) if isinstance(cleaners, str) else tuple(cleaners))
+
+
+def with_text_frontend(dataset: Dataset, text: TextFrontend) -> Dataset:
+    """The dataset with every transcript's ids made by `text`, the model's text front end (its config's), which
+    decides over the cleaners the data was read or preprocessed with. A transcript with nothing speakable to it
+    is a DataError naming the entry."""
+    if text == TextFrontend(dataset.cleaners):
+        return dataset  # the ids are already these
+    utts, bad = [], []
+    for u in dataset:
+        ids = text.ids(u.text)
+        if not text.speakable(ids):
+            bad.append(f"{u.source}: transcript has no speakable symbol for the model's text front end "
+                       f"(cleaners {', '.join(text.cleaners)}): {u.text!r}")
+        utts.append(dataclasses.replace(u, tokens=tuple(ids)))
+    if bad:
+        raise DataError(f"{len(bad)} transcript(s) in {dataset.origin} say nothing to the model:\n" + "\n".join(bad),
+                        bad)
+    return dataclasses.replace(dataset, utterances=utts, cleaners=text.cleaners)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
@@ -271,7 +291,9 @@ def load_cache(path, audio: AudioConfig | None = None) -> Dataset:
         raise DataError(f"{manifest} is damaged: {type(e).__name__}: {e}") from None
     if not utterances:
         raise DataError(f"{manifest} lists no utterances")
-    dataset = Dataset(utterances, str(path), list(meta.get("problems", [])), fe)
+    # caches written before the manifest recorded the cleaners were made with preprocess's default
+    dataset = Dataset(utterances, str(path), list(meta.get("problems", [])), fe,
+                      tuple(meta.get("cleaners", DEFAULT_CLEANERS)))
     if audio is not None:
         check_frontend(dataset, audio)
     return dataset

@@ -177,7 +177,7 @@ def _write_cache(data, out: Path, *, root, on_error, max_seconds, cleaners, batc
                 "samples": u.samples, "frames": u.frames, "source": u.source}
                for i, u in enumerate(dataset) if i in done]
     manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "mel": fe.cache_params(), "origin": dataset.origin,
-                "problems": problems, "utterances": entries}
+                "cleaners": list(dataset.cleaners), "problems": problems, "utterances": entries}
     _fsync_dir(mel_dir)
     with atomic_write(out / MANIFEST, "w") as f:
         f.write(json.dumps(manifest, indent=1))

@@ -7,8 +7,8 @@ and the data iterators. `Trainer`, the loop and `jtts train` call these and neve
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 

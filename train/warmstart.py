@@ -7,13 +7,17 @@ statistics included (`jtts.checkpoint.flat_state(model)` lists them). A PATTERN 
 or a whole module: `embedding`, `decoder.attention*`, `postnet.convs.4`. DLE's PyTorch names
 (`embedding.weight`, its `--ignore-layers` default) are accepted too, translated by the kind's convert table.
 
+A symbol table extended at its end (a Tacotron 2 config with more `extra_symbols`, the old ones first) grows the
+embedding instead: its trained rows are loaded and only the new symbols' rows start fresh, so the symbols the
+model knows keep what it learnt of them (DLE's way, `--ignore-layers embedding`, re-learns every row).
+
 Anything that does not fit and was not named -- a tensor whose shape differs, one the trained model lacks, one
 the new model has no place for -- is an error listing every such tensor, before any training: a silent partial
 load is the classic fine-tuning bug.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Mapping, Sequence
 
@@ -24,12 +28,14 @@ from jtts.errors import JttsError, UsageError
 
 @dataclass
 class WarmStart:
-    loaded: list[str]          # tensors copied from the trained model
+    loaded: list[str]          # tensors copied from the trained model (grown ones included)
     reinitialised: list[str]   # tensors the patterns named: fresh initialisation kept
+    grown: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (rows loaded, rows in all)
 
     def summary(self, source) -> str:
         kept = f"; re-initialised: {', '.join(self.reinitialised)}" if self.reinitialised else ""
-        return f"warm start from {source}: {len(self.loaded)} tensors loaded{kept}"
+        grew = "".join(f"; {n}: {a} of {b} rows loaded, the rest fresh" for n, (a, b) in self.grown.items())
+        return f"warm start from {source}: {len(self.loaded)} tensors loaded{grew}{kept}"
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -89,11 +95,17 @@ def describe(bad: Sequence[tuple]) -> str:
     return "; ".join(phrases)
 
 
+def _grows(old: tuple[int, ...], new: tuple[int, ...]) -> bool:
+    return len(old) == len(new) >= 1 and old[1:] == new[1:] and old[0] <= new[0]
+
+
 def warm_start(model, params: Mapping[str, np.ndarray], ignore: Sequence[str] = (), *, source="the trained model",
-               torch_names: Mapping[str, str] | None = None) -> WarmStart:
+               torch_names: Mapping[str, str] | None = None, grow: Sequence[str] = ()) -> WarmStart:
     """Copies `params` ({name: array}, e.g. `jtts.checkpoint.load_model`'s) into `model` (an nnx model freshly
-    built from the run's config; abstract is fine when `ignore` is empty) where name and shape match, keeping the
-    model's own values for the tensors `ignore` names. JttsError listing every other mismatch."""
+    built from the run's config; abstract is fine when `ignore` and `grow` are empty) where name and shape match,
+    keeping the model's own values for the tensors `ignore` names. A tensor `grow` names (and `ignore` does not)
+    may have more rows than the trained one: those rows are loaded, the others keep the model's values.
+    JttsError listing every other mismatch."""
     import jax.numpy as jnp
 
     from jtts.checkpoint import flat_state
@@ -101,13 +113,20 @@ def warm_start(model, params: Mapping[str, np.ndarray], ignore: Sequence[str] = 
     variables = flat_state(model)
     shapes = {k: tuple(int(d) for d in v.shape) for k, v in variables.items()}
     ignored = named(sorted(set(shapes) | set(params)), ignore, torch_names) if ignore else set()
-    bad = mismatches(shapes, params, ignored, source)
+    growing = {n for n in grow if n in shapes and n in params and n not in ignored
+               and _grows(_shape(params[n]), shapes[n])}
+    bad = mismatches(shapes, params, ignored | growing, source)
     if bad:
         raise JttsError(f"cannot warm-start from {source}: {len(bad)} tensor(s) do not fit, name them with "
                         f"--ignore-layers to initialise them afresh (trained vs new shape): {describe(bad)}")
-    loaded = []
+    loaded, grown = [], {}
     for name, var in variables.items():
-        if name not in ignored:
+        if name in growing:
+            rows = _shape(params[name])[0]
+            var.set_value(var.get_value().at[:rows].set(jnp.asarray(params[name], dtype=var.dtype)))
+            grown[name] = (rows, shapes[name][0])
+            loaded.append(name)
+        elif name not in ignored:
             var.set_value(jnp.asarray(params[name], dtype=var.dtype))
             loaded.append(name)
-    return WarmStart(loaded, sorted(n for n in ignored if n in shapes))
+    return WarmStart(loaded, sorted(n for n in ignored if n in shapes), grown)

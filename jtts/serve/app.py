@@ -142,7 +142,8 @@ class _Api:
     async def _submit(self, request: Request):
         body = await _read_body(request, self.limits.max_body)
         req = parse_speech(body, self.limits)
-        prepared = await asyncio.to_thread(prepare_text, req.input, self.limits)  # number words take a while
+        prepared = await asyncio.to_thread(prepare_text, req.input, self.limits,  # number words take a while
+                                           self.engine.text_frontend)
         try:
             ticket = self.engine.submit(prepared, Options(sigma=req.sigma, denoise=req.denoise, seed=req.seed),
                                         stream=req.stream)

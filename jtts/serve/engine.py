@@ -148,6 +148,7 @@ class Engine:
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be at least 1")
         self.tacotron2, self.vocoder, self.denoiser = tacotron2, vocoder, denoiser
+        self.text_frontend = tacotron2.config.text_frontend  # requests' ids are the model's
         self.sample_rate = shared_frontend(tacotron2, vocoder).sample_rate  # refuses mismatched models
         self.max_batch, self.max_wait, self.max_pending = max_batch, max_wait, max_pending
         self.decoding = decoding or Settings()
@@ -197,7 +198,7 @@ class Engine:
         from jtts.sentences import prepare
 
         t0 = time.perf_counter()
-        typical = prepare(WARMUP_TEXT).ids[0]
+        typical = prepare(WARMUP_TEXT, text_frontend=self.text_frontend).ids[0]
         for n in symbol_lengths or (len(typical),):
             ids = (typical * (n // len(typical) + 1))[:n]
             for size in batch_sizes(self.max_batch):
@@ -312,7 +313,7 @@ class Engine:
         keys = [sentence_key(jax.random.key(job.options.seed), 0, job.index) for job in jobs]
         outcomes = repair(self._decode, [(job.text, job.ids, k) for job, k in zip(jobs, keys)],
                           tries=d.tries if d.retry else 1, max_depth=d.max_splits if d.retry else 0,
-                          batch_size=self.max_batch)
+                          batch_size=self.max_batch, text_frontend=self.text_frontend)
         t1 = time.perf_counter()
         pieces = [(r, piece) for r, o in enumerate(outcomes) for piece in o.pieces]
         audio = vocode_sentences(self.vocoder, [p.decoded.mel for _, p in pieces], [p.key for _, p in pieces],

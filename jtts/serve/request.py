@@ -157,13 +157,15 @@ def parse_speech(body: bytes, limits: Limits = Limits()) -> SpeechRequest:
     )
 
 
-def prepare_text(text: str, limits: Limits = Limits()):
-    """-> jtts.sentences.Prepared, or a 4xx ApiError for text with nothing to speak or too many sentences."""
+def prepare_text(text: str, limits: Limits = Limits(), text_frontend=None):
+    """-> jtts.sentences.Prepared (ids of the model's `text_frontend`, DLE's if None), or a 4xx ApiError for text
+    with nothing to speak or too many sentences."""
     from jtts.errors import NothingToSpeak
     from jtts.sentences import prepare
+    from jtts.text import DLE_TEXT
 
     try:
-        prepared = prepare(text, limits.max_chars)
+        prepared = prepare(text, limits.max_chars, text_frontend or DLE_TEXT)
     except NothingToSpeak as e:
         raise _bad(f"'input': {e}", "nothing_to_speak", "input") from None
     if len(prepared.ids) > limits.max_sentences:
