@@ -107,17 +107,13 @@ def test_extended_table_grows_the_embedding(trained, capsys):
     np.testing.assert_array_equal(_tensors(dle_way)["embedding.embedding"], fresh["embedding.embedding"])
 
 
-def test_a_reordered_table_is_a_mismatch(trained, tmp_path, capsys):
+def test_a_reordered_table_is_a_mismatch(tmp_path, capsys):
     """From a model with extra symbols "é", a table "ßé" moves é's id: not an extension, so the embedding must be
     named (one error listing it) rather than grown."""
     from jtts.cli import main
 
-    path, _ = trained
+    e_model = tiny_dir(tmp_path / "e", "tacotron2", dict(TINY["tacotron2"], n_symbols=149, extra_symbols="é"), seed=6)
     base = ["train", "tacotron2", "--synthetic", "--steps", "1", "--no-progress", "--seed", "1"]
-    assert main(base + ["-o", str(tmp_path / "e"), "--init-from", str(path), "--set", "n_symbols=149",
-                        "extra_symbols=é"]) == 0, capsys.readouterr().err
-    e_model = tmp_path / "e" / "model"
-    capsys.readouterr()
     assert main(base + ["-o", str(tmp_path / "r"), "--init-from", str(e_model), "--set", "n_symbols=150",
                         "extra_symbols=ßé"]) == 1
     err = capsys.readouterr().err.strip()
