@@ -156,16 +156,19 @@ def _check_model_arg(path: str, kind: str) -> None:
 
 
 def text_frontend_of(path: str | None):
-    """The text front end of the Tacotron 2 model directory `path` (from its model.json, nothing loaded), so that
-    text is prepared for the model before it loads; DLE's for anything else (NVIDIA's checkpoints and the NGC
-    models; a bad path or model.json is reported when the model is checked and loaded)."""
-    from jtts.checkpoint import MODEL_FILE
-    from jtts.text import DLE_TEXT, TextFrontend
+    """The text front end of the Tacotron 2 model directory `path` (its model.json's config, as `models.load` reads
+    it; no weights loaded), so that text is prepared for the model before it loads; DLE's for anything else
+    (NVIDIA's checkpoints and the NGC models; a bad path or model.json is reported when the model is checked and
+    loaded)."""
+    from jtts import models
+    from jtts.checkpoint import read_meta
+    from jtts.text import DLE_TEXT
 
+    if not path or not Path(path).is_dir():
+        return DLE_TEXT
     try:
-        config = json.loads((Path(path) / MODEL_FILE).read_text(encoding="utf-8"))["config"] if path else {}
-        return TextFrontend(config.get("text_cleaners", DLE_TEXT.cleaners), config.get("extra_symbols", ""))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return models.get("tacotron2").make_config(read_meta(path, "tacotron2")["config"]).text_frontend
+    except (JttsError, TypeError, ValueError):
         return DLE_TEXT
 
 

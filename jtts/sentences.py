@@ -117,10 +117,6 @@ def split_long(sentence: str, limit: int = MAX_CHARS) -> list[str]:
     return pieces
 
 
-def speakable(ids: list[int], text_frontend: TextFrontend = DLE_TEXT) -> bool:
-    return text_frontend.speakable(ids)
-
-
 def prepare(text: str, max_chars: int = MAX_CHARS, text_frontend: TextFrontend = DLE_TEXT) -> Prepared:
     """Split `text` into speakable pieces with their symbol ids (the model's `text_frontend`: its config's); pieces
     with nothing to say (a stray "..." between sentences) are left out. Raises NothingToSpeak if no piece

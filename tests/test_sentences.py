@@ -2,8 +2,8 @@
 import pytest
 
 from jtts.errors import JttsError, NothingToSpeak
-from jtts.sentences import MAX_CHARS, prepare, sanitize, speakable, split_long, split_sentences
-from jtts.text import text_to_sequence
+from jtts.sentences import MAX_CHARS, prepare, sanitize, split_long, split_sentences
+from jtts.text import DLE_TEXT, text_to_sequence
 
 # (text, sentences)
 SPLITS = [
@@ -59,7 +59,7 @@ def test_prepare_ids_and_unspeakable_pieces():
     assert p.ids == [text_to_sequence("Hello there."), text_to_sequence("And you?")] and p.dropped == ""
     assert prepare("12").sentences == ["12"] and prepare("12").ids == [text_to_sequence("twelve")]
     assert prepare("{HH AH0 L OW1}").sentences == ["{HH AH0 L OW1}"]  # ARPAbet alone is speakable
-    assert speakable(text_to_sequence("Hi")) and not speakable(text_to_sequence("!?., "))
+    assert DLE_TEXT.speakable(text_to_sequence("Hi")) and not DLE_TEXT.speakable(text_to_sequence("!?., "))
 
 
 def test_sanitize_control_format_and_cjk():

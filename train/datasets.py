@@ -148,7 +148,7 @@ def _collect(entries: Iterable[tuple[str, Path | None, str]], origin: str, *, on
     if not utterances:
         skipped = f" ({len(problems)} bad entries skipped)" if problems else ""
         raise DataError(f"no usable utterances in {origin}{skipped}", problems)
-    return Dataset(utterances, origin, problems, fe, (cleaners,) if isinstance(cleaners, str) else tuple(cleaners))
+    return Dataset(utterances, origin, problems, fe, TextFrontend(cleaners).cleaners)
 
 
 def with_text_frontend(dataset: Dataset, text: TextFrontend) -> Dataset:
