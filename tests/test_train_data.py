@@ -116,6 +116,7 @@ def _bad_dataset(tmp_path):
              f"{CLIPS[1][0]}|###|~~~",                         # 4 nothing speakable
              "long|A long one.|A long one.",                   # 5 over the limit
              "just-one-field",                                 # 6 malformed
+             f"{CLIPS[1][0]}|... !|... !",                      # 7 punctuation only: ids, but nothing to say
              ]
     (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
@@ -126,11 +127,12 @@ def test_bad_data_reported_and_skipped(tmp_path):
     reported = []
     ds = read_ljspeech(root, max_seconds=2.0, report=reported.append)
     assert [u.source for u in ds] == [f"{root / 'metadata.csv'}:1"]
-    assert reported == ds.problems and len(reported) == 5
+    assert reported == ds.problems and len(reported) == 6
     meta = root / "metadata.csv"
-    for line, lineno, words in zip(reported, [2, 3, 4, 5, 6],
+    for line, lineno, words in zip(reported, [2, 3, 4, 5, 6, 7],
                                    ["missing audio", "unreadable audio", "no speakable symbol",
-                                    "longer than the 2 s limit", "expected 'id|text|normalized text'"]):
+                                    "longer than the 2 s limit", "expected 'id|text|normalized text'",
+                                    "no speakable symbol"]):
         assert line.startswith(f"{meta}:{lineno}: ") and words in line and "\n" not in line
 
 
@@ -151,7 +153,7 @@ def test_bad_data_fatal(tmp_path):
     root = _bad_dataset(tmp_path)
     with pytest.raises(DataError) as e:
         read_ljspeech(root, on_error="fail", max_seconds=2.0, report=lambda line: None)
-    assert len(e.value.problems) == 5 and f"{root / 'metadata.csv'}:3: unreadable" in str(e.value)
+    assert len(e.value.problems) == 6 and f"{root / 'metadata.csv'}:3: unreadable" in str(e.value)
     assert isinstance(e.value, ValueError)
 
 
@@ -159,7 +161,7 @@ def test_empty_dataset_is_an_error(tmp_path):
     root = _bad_dataset(tmp_path)
     meta = root / "metadata.csv"
     meta.write_text("\n".join(meta.read_text().splitlines()[1:]) + "\n")
-    with pytest.raises(DataError, match="no usable utterances.*5 bad entries skipped"):
+    with pytest.raises(DataError, match="no usable utterances.*6 bad entries skipped"):
         read_ljspeech(root, max_seconds=2.0, report=lambda line: None)
     meta.write_text("")
     with pytest.raises(DataError, match="no usable utterances"):

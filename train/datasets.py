@@ -32,7 +32,7 @@ import numpy as np
 from jtts.audio import load_wav
 from jtts.errors import DataError
 from jtts.frontend import DEFAULT as DEFAULT_AUDIO, AudioConfig
-from jtts.text import TextFrontend, text_to_sequence
+from jtts.text import TextFrontend
 
 __all__ = ["DataError", "Utterance", "Dataset", "load_dataset", "read_ljspeech", "read_filelist",
            "load_cache", "with_text_frontend", "read_audio", "read_mel", "mels_from_audio", "MANIFEST", "MEL_PARAMS"]
@@ -99,7 +99,7 @@ def resampled_length(n: int, sample_rate: int, target: int = DEFAULT_AUDIO.sampl
     return n if sample_rate == target else math.floor(n * target / sample_rate + 0.5)
 
 
-def _check_entry(source: str, audio: Path, text: str, cleaners, max_seconds: float | None,
+def _check_entry(source: str, audio: Path, text: str, frontend: TextFrontend, max_seconds: float | None,
                  fe: AudioConfig) -> Utterance:
     import soundfile as sf
 
@@ -119,8 +119,8 @@ def _check_entry(source: str, audio: Path, text: str, cleaners, max_seconds: flo
     seconds = samples / fe.sample_rate
     if max_seconds is not None and seconds > max_seconds:
         raise _Bad(f"clip {audio} is {seconds:.2f} s, longer than the {max_seconds:g} s limit")
-    tokens = tuple(text_to_sequence(text, cleaners))
-    if not tokens:
+    tokens = tuple(frontend.ids(text))
+    if not frontend.speakable(tokens):  # punctuation alone gives ids but nothing to say
         raise _Bad(f"transcript has no speakable symbol: {text!r}")
     return Utterance(audio=str(audio.resolve()), text=text, tokens=tokens, samples=samples, source=source,
                      frontend=fe)
@@ -133,12 +133,13 @@ def _collect(entries: Iterable[tuple[str, Path | None, str]], origin: str, *, on
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     report = _stderr if report is None else report
     fe = DEFAULT_AUDIO if audio is None else audio
+    frontend = TextFrontend(cleaners)
     utterances, problems = [], []
     for source, audio, text in entries:
         try:
             if audio is None:
                 raise _Bad(text)
-            utterances.append(_check_entry(source, audio, text, cleaners, max_seconds, fe))
+            utterances.append(_check_entry(source, audio, text, frontend, max_seconds, fe))
         except _Bad as e:
             problems.append(f"{source}: {e}")
             report(problems[-1])
@@ -148,7 +149,7 @@ def _collect(entries: Iterable[tuple[str, Path | None, str]], origin: str, *, on
     if not utterances:
         skipped = f" ({len(problems)} bad entries skipped)" if problems else ""
         raise DataError(f"no usable utterances in {origin}{skipped}", problems)
-    return Dataset(utterances, origin, problems, fe, TextFrontend(cleaners).cleaners)
+    return Dataset(utterances, origin, problems, fe, frontend.cleaners)
 
 
 def with_text_frontend(dataset: Dataset, text: TextFrontend) -> Dataset:
