@@ -1,6 +1,6 @@
 """NVIDIA's own PyTorch modules, imported at run time from a DeepLearningExamples checkout the user points to.
 
-Used by `parity.py` and `bench.py --dle`: nothing of DLE is part of this project.
+Used by `parity.py`, `bench.py --dle` and `learn_dle.py`: nothing of DLE is part of this project.
 """
 from __future__ import annotations
 

@@ -196,6 +196,9 @@ def main(argv=None) -> int:
     p.add_argument("--val", type=Path, required=True, help="held-out mel cache (`jtts preprocess`)")
     p.add_argument("--steps", type=int, nargs="*", help="checkpoints to evaluate (default: all)")
     p.add_argument("--seed", type=int, default=0, help="prenet dropout keys")
+    p.add_argument("--draws", type=int, default=1,
+                   help="decode every sentence this many times (seeds SEED, SEED+1, ...): the spread of the stop\n"
+                        "measures that prenet dropout alone causes")
     p.add_argument("--max-decoder-steps", type=int, help="default: the model's config (2000)")
     p.add_argument("--gate-threshold", type=float, help="default: the model's config (DLE's 0.5)")
     p.add_argument("--stop-probe", action="store_true",
@@ -224,6 +227,10 @@ def main(argv=None) -> int:
         val = with_text_frontend(cached, model.config.text_frontend)  # the model's ids
         res = evaluate(model, val, seed=args.seed, max_decoder_steps=args.max_decoder_steps,
                        gate_threshold=args.gate_threshold)
+        if args.draws > 1:
+            more = [evaluate(model, val, seed=args.seed + d, max_decoder_steps=args.max_decoder_steps,
+                             gate_threshold=args.gate_threshold) for d in range(1, args.draws)]
+            res["draws"] = draws([res] + more)
         res["step"], res["eval_s"] = step, time.perf_counter() - t0
         res["wall_min"] = minutes.get(step)
         if args.stop_probe:
@@ -237,6 +244,13 @@ def main(argv=None) -> int:
               f"{res['ratio_min']:.2f}-{res['ratio_max']:.2f}  {res['max_steps']:9d}  {res['mcd']:6.2f}  "
               f"{res['l1']:10.3f}  {res['reach_within_10']:9.0%} ({res['reach_min']:.2f}-{res['reach_max']:.2f})  "
               f"{res['eval_s']:6.1f}", flush=True)
+        if "draws" in res:
+            d = res["draws"]
+            print(f"      {args.draws} draws: within 10% {d['within_10_mean']:.0%} ({d['within_10_min']:.0%}-"
+                  f"{d['within_10_max']:.0%}), max steps {d['max_steps']} in all, median ratio "
+                  f"{d['ratio_median']:.3f}, "
+                  f"per-sentence sd of the ratio {d['ratio_sd_median']:.3f} (median), mean ratio within 10% on "
+                  f"{d['mean_ratio_within_10']:.0%}", flush=True)
         if args.plot_alignments:
             shots.append((step, _alignments(model, val, args.seed)))
     if args.plot_alignments and shots:
@@ -247,6 +261,19 @@ def main(argv=None) -> int:
     if args.export and steps:
         print(f"wrote {export(args.run, steps[-1], args.export)}")
     return 0
+
+
+def draws(results: list[dict]) -> dict:
+    """Several `evaluate` results of one checkpoint, differing only in the prenet dropout keys -> the spread."""
+    ratios = np.array([[r["ratio"] for r in res["rows"]] for res in results])  # (draws, sentences): same order
+    within = np.mean(np.abs(ratios - 1) <= 0.1, axis=1)
+    return dict(n=len(results), within_10=within.tolist(), within_10_mean=float(within.mean()),
+                within_10_min=float(within.min()), within_10_max=float(within.max()),
+                max_steps=int(sum(res["max_steps"] for res in results)), ratio_median=float(np.median(ratios)),
+                ratio_sd_median=float(np.median(ratios.std(axis=0, ddof=1))),
+                mean_ratio_within_10=float(np.mean(np.abs(ratios.mean(axis=0) - 1) <= 0.1)),
+                focus=[res["focus"] for res in results], mcd=[res["mcd"] for res in results],
+                l1=[res["l1"] for res in results])
 
 
 def train_minutes(log: list[dict]) -> dict[int, float]:

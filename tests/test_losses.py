@@ -112,3 +112,28 @@ def test_gate_pos_weight_is_torchs_bce_with_logits():
     weighted, wparts = tacotron2_loss(out, mel, y[:2], 5.0)
     assert wparts["gate"] > parts["gate"] and wparts["mel"] == parts["mel"]
     assert float(weighted - base) == pytest.approx(float(wparts["gate"] - parts["gate"]), rel=1e-5)
+
+
+def test_guided_attention_matches_the_torch_reference():
+    """The reference's torch twin (what benchmarks/learn_dle.py adds to DLE's loss) against jtts: value and
+    gradient with respect to the alignments, on softmax rows with junk in the padding."""
+    import torch
+
+    from reference.tacotron2_torch import guided_attention_loss as torch_ga
+
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((3, 40, 17)).astype(np.float32) * 3
+    a = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    a[0, 30:] = 5.0  # junk past row 0's 30 frames
+    tokens, mels = np.array([11, 17, 1], np.int32), np.array([30, 40, 7], np.int32)
+    for g in (0.2, 0.4):
+        ta = torch.from_numpy(a).requires_grad_(True)
+        ref = torch_ga(ta, torch.from_numpy(tokens).long(), torch.from_numpy(mels).long(), g)
+        ref.backward()
+        value, grad = jax.value_and_grad(lambda x: guided_attention_loss(x, tokens, mels, g=g))(jnp.asarray(a))
+        # a mean of products of terms in [0, 1]: float32 rounding of the summed terms, relative to their mean
+        assert abs(float(value) - ref.item()) <= 1e-6 * ref.item(), (g, float(value), ref.item())
+        # each cell's gradient is W / count (0 outside the valid cells): terms of size 1 / count
+        count = float(np.sum(tokens * mels))  # valid cells
+        np.testing.assert_allclose(np.asarray(grad), ta.grad.numpy(), rtol=0, atol=1e-6 / count)
+        assert np.all(ta.grad.numpy()[0, 30:] == 0) and np.all(ta.grad.numpy()[2, :, 1:] == 0)

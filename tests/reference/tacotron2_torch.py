@@ -298,3 +298,16 @@ class Tacotron2(nn.Module):
         mel, mel_post, gate = outputs[0], outputs[1], outputs[2]
         return (F.mse_loss(mel, mel_target) + F.mse_loss(mel_post, mel_target)
                 + F.binary_cross_entropy_with_logits(gate.reshape(-1, 1), gate_target.reshape(-1, 1)))
+
+
+def guided_attention_loss(align, token_lengths, mel_lengths, g: float = 0.2):
+    """Tachibana et al. 2017's diagonal prior, the term jtts' `--guided-attention` adds (DLE has none): the mean
+    over valid (step, symbol) cells of A * (1 - exp(-(n/N - t/T)^2 / (2 g^2))). align (B, T_out, T_in)."""
+    _, t_out, t_in = align.shape
+    n_len = token_lengths.clamp(min=1).to(torch.float32)[:, None, None]
+    t_len = mel_lengths.clamp(min=1).to(torch.float32)[:, None, None]
+    n = torch.arange(t_in, dtype=torch.float32)[None, None, :]
+    t = torch.arange(t_out, dtype=torch.float32)[None, :, None]
+    w = 1.0 - torch.exp(-((n / n_len - t / t_len) ** 2) / (2.0 * g * g))
+    valid = (t < mel_lengths[:, None, None]) & (n < token_lengths[:, None, None])
+    return torch.where(valid, align * w, 0.0).sum() / valid.sum().clamp(min=1)

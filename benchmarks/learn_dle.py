@@ -1,0 +1,228 @@
+"""Learning side by side: NVIDIA's own Tacotron 2 (DLE's modules and loss, imported at run time from a checkout
+the user points to) and jtts, trained with dropouts on, as DLE's recipe trains, from the same initial weights on
+the same batches of real (espeak-ng) speech. Does jtts align as early as PyTorch does, and does it speak as well?
+
+    python benchmarks/learn_dle.py --dle ~/DeepLearningExamples/PyTorch/SpeechSynthesis/Tacotron2 \\
+        --seeds 0 1 2 --steps 600 --guided-attention 50          # the CI learning test's run, both frameworks
+    python benchmarks/learn_dle.py --dle ... --guided-attention 0   # DLE's loss alone
+
+The run is the CI learning test's (tests/learning_helpers.py: 52 short sentences, a 0.3M-parameter Tacotron 2,
+batch 8 in one padded shape), extended to --steps. Both sides use DLE's optimiser (torch.optim.Adam with weight
+decay 1e-6 and clip_grad_norm_(1.0) on the PyTorch side, jtts.train's Optax chain on the other) and DLE's
+dropouts (prenet 0.5 at all times, encoder and postnet 0.5, attention and decoder LSTM outputs 0.1); the
+dropout masks are each framework's own draws. DLE has no guided attention: with --guided-attention W > 0 the
+PyTorch side adds W times the same diagonal prior term (Tachibana et al. 2017) from our PyTorch reference
+(tests/reference; tests/test_losses.py checks it against jtts.train.losses.guided_attention_loss). Every batch is
+fed unchanged to both, its rows sorted by length as DLE's collate sorts them (its encoder packs them in that order).
+
+Every --eval-every steps both models are measured by the same code: DLE's weights are read back into jtts through
+jtts.convert's table (the converter's path, exact to float32), then teacher-forced on the 8 held-out sentences
+(model in eval mode, prenet dropout on): held-out loss and attention focus. At the end both decode the held-out
+sentences free-running, --draws times each with other prenet dropout keys (benchmarks/learn_speech.py's
+measures: focus, stops within +-10%, step limit reached, MCD and log-mel L1 after DTW). "aligned at" is the first
+measured step with held-out focus >= --aligned.
+Nothing of DLE is part of this project.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from _dle import load as load_dle  # noqa: E402
+from learning_helpers import HELD_OUT, LearnConfig, heldout_measures, make_corpus  # noqa: E402
+from reference.tacotron2_torch import guided_attention_loss  # noqa: E402  (our torch twin of jtts' term)
+
+
+class DLESide:
+    """DLE's Tacotron 2, its Tacotron2Loss and DLE's optimiser, started from jtts' initial weights."""
+
+    def __init__(self, dle, config, params: dict[str, np.ndarray], table, *, lr: float, weight_decay: float,
+                 clip: float, guided_attention: float, sigma: float):
+        import torch
+
+        from jtts.train.optim import flat_params_to_torch
+
+        dle_models, _, _ = dle
+        from tacotron2.loss_function import Tacotron2Loss  # DLE's, importable once `load_dle` ran
+
+        self.net = dle_models.get_model("Tacotron2", config.to_dle(), cpu_run=True)
+        weights = flat_params_to_torch(params, table)
+        missing, unexpected = self.net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()},
+                                                       strict=False)
+        if unexpected or not all(k.endswith("num_batches_tracked") for k in missing):
+            raise SystemExit(f"DLE's Tacotron 2 does not take jtts' weights: missing {missing}, "
+                             f"unexpected {unexpected}")
+        self.loss = Tacotron2Loss()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+        self.clip, self.ga, self.sigma, self.table = clip, guided_attention, sigma, table
+
+    def step(self, batch: dict) -> float:
+        """One DLE iteration on the batch -> DLE's loss (without the guided-attention term)."""
+        import torch
+
+        order = np.argsort(-batch["token_lengths"], kind="stable")  # DLE's collate sorts by text length
+        t = {k: torch.from_numpy(np.ascontiguousarray(v[order])) for k, v in batch.items()}
+        tokens, n_len, mels, m_len = t["tokens"].long(), t["token_lengths"].long(), t["mels"], t["mel_lengths"].long()
+        self.net.train()
+        self.net.zero_grad()
+        out = self.net((tokens, n_len, mels, int(n_len.max()), m_len))
+        loss = self.loss(out, (mels, t["gate"]))
+        total = loss + self.ga * guided_attention_loss(out[3], n_len, m_len, self.sigma) if self.ga else loss
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip)
+        self.opt.step()
+        return float(loss.detach())
+
+    def jtts_state(self, like: dict) -> dict:
+        """DLE's current weights and BatchNorm statistics as a jtts state (params and stats), read through the
+        converter's table; `like` names each part's keys and their shapes."""
+        import jax.numpy as jnp
+
+        from jtts.convert.tables import to_jtts
+
+        sd = {k: v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
+        shapes = {k: shape for part in ("params", "stats") for k, shape in like[part].items()}
+        flat = to_jtts(sd, self.table, shapes, source="DLE", ignore=lambda k: k.endswith("num_batches_tracked"))
+        return {part: {k: jnp.asarray(flat[k]) for k in like[part]} for part in ("params", "stats")}
+
+
+def preprocess(corpus: Path, out: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "jtts", "preprocess", str(corpus), "-o", str(out), "-q"], check=True)
+    return out
+
+
+def run_seed(dle, cfg: LearnConfig, args, log) -> dict:
+    import jax
+    import torch
+    from flax import nnx
+
+    from jtts.convert.tacotron2 import table as tacotron2_table
+    from jtts.tacotron2 import Tacotron2, Tacotron2Config
+    from jtts.train.data import tacotron2_batches, tacotron2_val_batches
+    from jtts.train.datasets import load_cache
+    from jtts.train.optim import make_optimizer
+    from jtts.train.step import Trainer
+    from jtts.train.tasks import task_for
+    from learn_speech import draws, evaluate
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        train_dir, held_dir = make_corpus(Path(tmp), cfg)
+        train_data = load_cache(preprocess(train_dir, Path(tmp) / "train_cache"))
+        held_data = load_cache(preprocess(held_dir, Path(tmp) / "held_cache"))
+        it = tacotron2_batches(train_data, cfg.batch_size, seed=cfg.seed, buckets=1)
+        batches = [{k: np.ascontiguousarray(v) for k, v in next(it).items()} for _ in range(cfg.steps)]
+        it.close()
+        held = list(tacotron2_val_batches(held_data, HELD_OUT, buckets=1))
+        held_utts = list(held_data)
+        log(f"corpus, caches and {cfg.steps} batches of {tuple(batches[0]['mels'].shape)}: "
+            f"{time.perf_counter() - t0:.0f} s")
+
+        config = Tacotron2Config(**dict(cfg.model))
+        model = Tacotron2(config, rngs=nnx.Rngs(cfg.seed))
+        opt = task_for("tacotron2").optimizer  # DLE's weight decay and clip, for both sides
+        tx, schedule = make_optimizer(opt, lr=cfg.lr)
+        trainer = Trainer(model, tx, schedule, guided_attention=cfg.guided_attention,
+                          guided_attention_sigma=cfg.guided_sigma)
+        state = trainer.init_state()
+        like = {part: {k: np.shape(v) for k, v in state[part].items()} for part in ("params", "stats")}
+        torch.manual_seed(cfg.seed)
+        side = DLESide(dle, config, trainer.export_params(state), tacotron2_table(config), lr=cfg.lr,
+                       weight_decay=opt["weight_decay"], clip=opt["grad_clip"], guided_attention=cfg.guided_attention,
+                       sigma=cfg.guided_sigma)
+        key, eval_key = jax.random.key(cfg.seed), jax.random.key(10_000 + cfg.seed)
+
+        def measure_both(step):
+            j = heldout_measures(trainer, dict(params=state["params"], stats=state["stats"]), held, eval_key)
+            d = heldout_measures(trainer, side.jtts_state(like), held, eval_key)
+            return dict(step=step, jtts_loss=j["loss"], jtts_focus=j["focus"], dle_loss=d["loss"], dle_focus=d["focus"])
+
+        history = [measure_both(0)]
+        train = dict(jtts=[], dle=[])
+        secs = dict(jtts=0.0, dle=0.0)
+        for step, batch in enumerate(batches, 1):
+            t = time.perf_counter()
+            state, m = trainer.train_step(state, batch, jax.random.fold_in(key, step))
+            train["jtts"].append(float(m["mel"] + m["postnet"] + m["gate"]))
+            secs["jtts"] += time.perf_counter() - t
+            t = time.perf_counter()
+            train["dle"].append(side.step(batch))
+            secs["dle"] += time.perf_counter() - t
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                row = measure_both(step)
+                k = slice(-cfg.eval_every, None)
+                row.update(jtts_train=float(np.mean(train["jtts"][k])), dle_train=float(np.mean(train["dle"][k])))
+                history.append(row)
+                log(f"step {step:4d}  train loss jtts {row['jtts_train']:.3f} DLE {row['dle_train']:.3f}  "
+                    f"held-out loss jtts {row['jtts_loss']:.3f} DLE {row['dle_loss']:.3f}  "
+                    f"focus jtts {row['jtts_focus']:.3f} DLE {row['dle_focus']:.3f}  "
+                    f"({time.perf_counter() - t0:.0f} s)")
+
+        aligned = {side_name: next((r["step"] for r in history if r[f"{side_name}_focus"] >= args.aligned), None)
+                   for side_name in ("jtts", "dle")}
+        longest = max(u.frames for u in held_utts)
+        free = {}
+        for name, st in (("jtts", state), ("dle", side.jtts_state(like))):
+            model = trainer.model(st)
+            evs = [evaluate(model, held_utts, seed=20_000 + 100 * d + cfg.seed, batch=HELD_OUT,
+                            max_decoder_steps=int(args.max_ratio * longest)) for d in range(args.draws)]
+            spread = draws(evs)
+            free[name] = dict(spread, focus_mean=float(np.mean(spread["focus"])),
+                              mcd_mean=float(np.mean(spread["mcd"])), l1_mean=float(np.mean(spread["l1"])),
+                              ratios=[[round(r["ratio"], 3) for r in ev["rows"]] for ev in evs])
+            f = free[name]
+            log(f"{name:4s} free-running, {args.draws} draws: focus {f['focus_mean']:.3f}, within +-10% "
+                f"{f['within_10_mean']:.0%} ({f['within_10_min']:.0%}-{f['within_10_max']:.0%}), median ratio "
+                f"{f['ratio_median']:.2f}, at the step limit {f['max_steps']} of {args.draws * len(held_utts)}, "
+                f"MCD {f['mcd_mean']:.1f} dB, log-mel L1 {f['l1_mean']:.3f}")
+        log(f"aligned (held-out focus >= {args.aligned}) at step: jtts {aligned['jtts']}, DLE {aligned['dle']}; "
+            f"train steps {secs['jtts']:.0f} s jtts (incl. compilation), {secs['dle']:.0f} s DLE")
+        return dict(config=dataclasses.asdict(cfg), history=history, aligned=aligned, free_running=free, seconds=secs,
+                train_losses=train)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dle", type=Path, required=True, help="DLE's PyTorch/SpeechSynthesis/Tacotron2 directory")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--lr", type=float, default=LearnConfig.lr)
+    p.add_argument("--guided-attention", type=float, default=LearnConfig.guided_attention)
+    p.add_argument("--aligned", type=float, default=0.5, help="held-out focus that counts as aligned")
+    p.add_argument("--max-ratio", type=float, default=2.0,
+                   help="free-running step limit, times the longest held-out ground truth")
+    p.add_argument("--draws", type=int, default=4,
+                   help="free-running decodes of every held-out sentence per model (prenet dropout keys differ)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (jtts runs between its steps anyway)")
+    p.add_argument("--json", type=Path, help="append one JSON object per seed")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dle = load_dle(args.dle)
+    for seed in args.seeds:
+        cfg = LearnConfig(seed=seed, steps=args.steps, lr=args.lr, guided_attention=args.guided_attention,
+                          eval_every=args.eval_every)
+        res = run_seed(dle, cfg, args, log=lambda line: print(f"seed {seed}: {line}", flush=True))
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps(res) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
