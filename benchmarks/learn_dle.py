@@ -19,8 +19,9 @@ Every --eval-every steps both models are measured by the same code: DLE's weight
 jtts.convert's table (the converter's path, exact to float32), then teacher-forced on the 8 held-out sentences
 (model in eval mode, prenet dropout on): held-out loss and attention focus. At the end both decode the held-out
 sentences free-running, --draws times each with other prenet dropout keys (benchmarks/learn_speech.py's
-measures: focus, stops within +-10%, step limit reached, MCD and log-mel L1 after DTW). "aligned at" is the first
-measured step with held-out focus >= --aligned.
+measures: focus, stops within +-10%, step limit reached, MCD and log-mel L1 after DTW), and the gate's
+teacher-forced stop probability at each held-out sentence's last frame. "aligned at" is the first measured step
+with held-out focus >= --aligned.
 Nothing of DLE is part of this project.
 """
 from __future__ import annotations
@@ -45,19 +46,38 @@ from learning_helpers import HELD_OUT, LearnConfig, heldout_measures, make_corpu
 from reference.tacotron2_torch import guided_attention_loss  # noqa: E402  (our torch twin of jtts' term)
 
 
+class JttsSide:
+    """jtts' Trainer: the run being judged."""
+
+    def __init__(self, trainer, seed: int):
+        import jax
+
+        self.trainer, self.state, self.key, self.steps = trainer, trainer.init_state(), jax.random.key(seed), 0
+
+    def step(self, batch: dict) -> float:
+        import jax
+
+        self.steps += 1
+        self.state, m = self.trainer.train_step(self.state, batch, jax.random.fold_in(self.key, self.steps))
+        return float(m["mel"] + m["postnet"] + m["gate"])  # DLE's loss
+
+    def jtts_state(self) -> dict:
+        return dict(params=self.state["params"], stats=self.state["stats"])
+
+
 class DLESide:
     """DLE's Tacotron 2, its Tacotron2Loss and DLE's optimiser, started from jtts' initial weights."""
 
-    def __init__(self, dle, config, params: dict[str, np.ndarray], table, *, lr: float, weight_decay: float,
-                 clip: float, guided_attention: float, sigma: float):
+    def __init__(self, dle, config, params: dict[str, np.ndarray], table, like: dict, *, seed: int, lr: float,
+                 weight_decay: float, clip: float, guided_attention: float, sigma: float):
         import torch
 
         from jtts.train.optim import flat_params_to_torch
 
-        dle_models, _, _ = dle
         from tacotron2.loss_function import Tacotron2Loss  # DLE's, importable once `load_dle` ran
 
-        self.net = dle_models.get_model("Tacotron2", config.to_dle(), cpu_run=True)
+        torch.manual_seed(seed)  # here, so a run draws the same dropout masks with or without a control beside it
+        self.net = dle[0].get_model("Tacotron2", config.to_dle(), cpu_run=True)
         weights = flat_params_to_torch(params, table)
         missing, unexpected = self.net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()},
                                                        strict=False)
@@ -66,7 +86,8 @@ class DLESide:
                              f"unexpected {unexpected}")
         self.loss = Tacotron2Loss()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=weight_decay)
-        self.clip, self.ga, self.sigma, self.table = clip, guided_attention, sigma, table
+        self.clip, self.ga, self.sigma, self.table, self.like = clip, guided_attention, sigma, table, like
+        self.rng = torch.get_rng_state()  # this run's own dropout stream, whatever other runs draw in between
 
     def step(self, batch: dict) -> float:
         """One DLE iteration on the batch -> DLE's loss (without the guided-attention term)."""
@@ -75,6 +96,7 @@ class DLESide:
         order = np.argsort(-batch["token_lengths"], kind="stable")  # DLE's collate sorts by text length
         t = {k: torch.from_numpy(np.ascontiguousarray(v[order])) for k, v in batch.items()}
         tokens, n_len, mels, m_len = t["tokens"].long(), t["token_lengths"].long(), t["mels"], t["mel_lengths"].long()
+        torch.set_rng_state(self.rng)
         self.net.train()
         self.net.zero_grad()
         out = self.net((tokens, n_len, mels, int(n_len.max()), m_len))
@@ -83,16 +105,18 @@ class DLESide:
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip)
         self.opt.step()
+        self.rng = torch.get_rng_state()
         return float(loss.detach())
 
-    def jtts_state(self, like: dict) -> dict:
+    def jtts_state(self) -> dict:
         """DLE's current weights and BatchNorm statistics as a jtts state (params and stats), read through the
-        converter's table; `like` names each part's keys and their shapes."""
+        converter's table into the names and shapes of `like`."""
         import jax.numpy as jnp
 
         from jtts.convert.tables import to_jtts
 
         sd = {k: v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
+        like = self.like
         shapes = {k: shape for part in ("params", "stats") for k, shape in like[part].items()}
         flat = to_jtts(sd, self.table, shapes, source="DLE", ignore=lambda k: k.endswith("num_batches_tracked"))
         return {part: {k: jnp.asarray(flat[k]) for k in like[part]} for part in ("params", "stats")}
@@ -105,7 +129,6 @@ def preprocess(corpus: Path, out: Path) -> Path:
 
 def run_seed(dle, cfg: LearnConfig, args, log) -> dict:
     import jax
-    import torch
     from flax import nnx
 
     from jtts.convert.tacotron2 import table as tacotron2_table
@@ -115,7 +138,7 @@ def run_seed(dle, cfg: LearnConfig, args, log) -> dict:
     from jtts.train.optim import make_optimizer
     from jtts.train.step import Trainer
     from jtts.train.tasks import task_for
-    from learn_speech import draws, evaluate
+    from learn_speech import draws, evaluate, stop_probe
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,61 +159,64 @@ def run_seed(dle, cfg: LearnConfig, args, log) -> dict:
         tx, schedule = make_optimizer(opt, lr=cfg.lr)
         trainer = Trainer(model, tx, schedule, guided_attention=cfg.guided_attention,
                           guided_attention_sigma=cfg.guided_sigma)
-        state = trainer.init_state()
-        like = {part: {k: np.shape(v) for k, v in state[part].items()} for part in ("params", "stats")}
-        torch.manual_seed(cfg.seed)
-        side = DLESide(dle, config, trainer.export_params(state), tacotron2_table(config), lr=cfg.lr,
-                       weight_decay=opt["weight_decay"], clip=opt["grad_clip"], guided_attention=cfg.guided_attention,
-                       sigma=cfg.guided_sigma)
-        key, eval_key = jax.random.key(cfg.seed), jax.random.key(10_000 + cfg.seed)
+        sides = {"jtts": JttsSide(trainer, cfg.seed)}
+        like = {part: {k: np.shape(v) for k, v in sides["jtts"].state[part].items()} for part in ("params", "stats")}
+        init = trainer.export_params(sides["jtts"].state)
+        for name, torch_seed in (("dle", cfg.seed), ("control", 1_000 + cfg.seed))[:1 + args.control]:
+            # the control differs from "dle" in its dropout draws only
+            sides[name] = DLESide(dle, config, init, tacotron2_table(config), like, seed=torch_seed, lr=cfg.lr,
+                                  weight_decay=opt["weight_decay"], clip=opt["grad_clip"],
+                                  guided_attention=cfg.guided_attention, sigma=cfg.guided_sigma)
+        eval_key = jax.random.key(10_000 + cfg.seed)
 
-        def measure_both(step):
-            j = heldout_measures(trainer, dict(params=state["params"], stats=state["stats"]), held, eval_key)
-            d = heldout_measures(trainer, side.jtts_state(like), held, eval_key)
-            return dict(step=step, jtts_loss=j["loss"], jtts_focus=j["focus"], dle_loss=d["loss"], dle_focus=d["focus"])
+        def measure(step):
+            row = dict(step=step)
+            for name, side in sides.items():
+                m = heldout_measures(trainer, side.jtts_state(), held, eval_key)
+                row[f"{name}_loss"], row[f"{name}_focus"] = m["loss"], m["focus"]
+            return row
 
-        history = [measure_both(0)]
-        train = dict(jtts=[], dle=[])
-        secs = dict(jtts=0.0, dle=0.0)
+        history = [measure(0)]
+        train = {name: [] for name in sides}
+        secs = {name: 0.0 for name in sides}
         for step, batch in enumerate(batches, 1):
-            t = time.perf_counter()
-            state, m = trainer.train_step(state, batch, jax.random.fold_in(key, step))
-            train["jtts"].append(float(m["mel"] + m["postnet"] + m["gate"]))
-            secs["jtts"] += time.perf_counter() - t
-            t = time.perf_counter()
-            train["dle"].append(side.step(batch))
-            secs["dle"] += time.perf_counter() - t
+            for name, side in sides.items():
+                t = time.perf_counter()
+                train[name].append(side.step(batch))
+                secs[name] += time.perf_counter() - t
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                row = measure_both(step)
-                k = slice(-cfg.eval_every, None)
-                row.update(jtts_train=float(np.mean(train["jtts"][k])), dle_train=float(np.mean(train["dle"][k])))
+                row = measure(step)
+                row.update({f"{name}_train": float(np.mean(losses[-cfg.eval_every:]))
+                            for name, losses in train.items()})
                 history.append(row)
-                log(f"step {step:4d}  train loss jtts {row['jtts_train']:.3f} DLE {row['dle_train']:.3f}  "
-                    f"held-out loss jtts {row['jtts_loss']:.3f} DLE {row['dle_loss']:.3f}  "
-                    f"focus jtts {row['jtts_focus']:.3f} DLE {row['dle_focus']:.3f}  "
-                    f"({time.perf_counter() - t0:.0f} s)")
+                log(f"step {step:4d}  " + "  ".join(
+                    f"{name}: train {row[f'{name}_train']:.3f} held-out {row[f'{name}_loss']:.3f} focus "
+                    f"{row[f'{name}_focus']:.3f}" for name in sides) + f"  ({time.perf_counter() - t0:.0f} s)")
 
-        aligned = {side_name: next((r["step"] for r in history if r[f"{side_name}_focus"] >= args.aligned), None)
-                   for side_name in ("jtts", "dle")}
+        aligned = {name: next((r["step"] for r in history if r[f"{name}_focus"] >= args.aligned), None)
+                   for name in sides}
         longest = max(u.frames for u in held_utts)
         free = {}
-        for name, st in (("jtts", state), ("dle", side.jtts_state(like))):
-            model = trainer.model(st)
+        for name, side in sides.items():
+            model = trainer.model(side.jtts_state())
             evs = [evaluate(model, held_utts, seed=20_000 + 100 * d + cfg.seed, batch=HELD_OUT,
                             max_decoder_steps=int(args.max_ratio * longest)) for d in range(args.draws)]
             spread = draws(evs)
             free[name] = dict(spread, focus_mean=float(np.mean(spread["focus"])),
                               mcd_mean=float(np.mean(spread["mcd"])), l1_mean=float(np.mean(spread["l1"])),
-                              ratios=[[round(r["ratio"], 3) for r in ev["rows"]] for ev in evs])
+                              ratios=[[round(r["ratio"], 3) for r in ev["rows"]] for ev in evs],
+                              stop_probe=stop_probe(model, held_utts, 30_000 + cfg.seed, n=len(held_utts)))
             f = free[name]
-            log(f"{name:4s} free-running, {args.draws} draws: focus {f['focus_mean']:.3f}, within +-10% "
+            log(f"{name} free-running, {args.draws} draws: focus {f['focus_mean']:.3f}, within +-10% "
                 f"{f['within_10_mean']:.0%} ({f['within_10_min']:.0%}-{f['within_10_max']:.0%}), median ratio "
                 f"{f['ratio_median']:.2f}, at the step limit {f['max_steps']} of {args.draws * len(held_utts)}, "
-                f"MCD {f['mcd_mean']:.1f} dB, log-mel L1 {f['l1_mean']:.3f}")
-        log(f"aligned (held-out focus >= {args.aligned}) at step: jtts {aligned['jtts']}, DLE {aligned['dle']}; "
-            f"train steps {secs['jtts']:.0f} s jtts (incl. compilation), {secs['dle']:.0f} s DLE")
+                f"MCD {f['mcd_mean']:.1f} dB, log-mel L1 {f['l1_mean']:.3f}; teacher-forced stop probability at "
+                f"the last frame {np.mean(f['stop_probe']['last']):.2f} (mean), before the last 5 frames at most "
+                f"{f['stop_probe']['before_max']:.2f}")
+        log(f"aligned (held-out focus >= {args.aligned}) at step: " + ", ".join(f"{k} {v}" for k, v in aligned.items())
+            + "; training " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + " (jtts incl. compilation)")
         return dict(config=dataclasses.asdict(cfg), history=history, aligned=aligned, free_running=free, seconds=secs,
-                train_losses=train)
+                    train_losses=train)
 
 
 def main(argv=None) -> int:
@@ -206,6 +232,8 @@ def main(argv=None) -> int:
                    help="free-running step limit, times the longest held-out ground truth")
     p.add_argument("--draws", type=int, default=4,
                    help="free-running decodes of every held-out sentence per model (prenet dropout keys differ)")
+    p.add_argument("--control", action="store_true",
+                   help="also a second DLE run differing in its dropout draws only: the yardstick for jtts vs DLE")
     p.add_argument("--threads", type=int, default=1, help="torch threads (jtts runs between its steps anyway)")
     p.add_argument("--json", type=Path, help="append one JSON object per seed")
     args = p.parse_args(argv)
