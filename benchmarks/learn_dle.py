@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,15 +115,9 @@ class DLESide:
         from jtts.convert.tables import to_jtts
 
         sd = {k: v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
-        like = self.like
-        shapes = {k: shape for part in ("params", "stats") for k, shape in like[part].items()}
+        shapes = {k: shape for part in self.like.values() for k, shape in part.items()}
         flat = to_jtts(sd, self.table, shapes, source="DLE", ignore=lambda k: k.endswith("num_batches_tracked"))
-        return {part: {k: jnp.asarray(flat[k]) for k in like[part]} for part in ("params", "stats")}
-
-
-def preprocess(corpus: Path, out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "jtts", "preprocess", str(corpus), "-o", str(out), "-q"], check=True)
-    return out
+        return {name: {k: jnp.asarray(flat[k]) for k in part} for name, part in self.like.items()}
 
 
 def run_seed(dle, cfg: LearnConfig, args, log) -> dict:
@@ -134,8 +127,8 @@ def run_seed(dle, cfg: LearnConfig, args, log) -> dict:
     from jtts.convert.tacotron2 import table as tacotron2_table
     from jtts.tacotron2 import Tacotron2, Tacotron2Config
     from jtts.train.data import tacotron2_batches, tacotron2_val_batches
-    from jtts.train.datasets import load_cache
     from jtts.train.optim import make_optimizer
+    from jtts.train.preprocess import preprocess
     from jtts.train.step import Trainer
     from jtts.train.tasks import task_for
     from learn_speech import draws, evaluate, stop_probe
@@ -143,8 +136,8 @@ def run_seed(dle, cfg: LearnConfig, args, log) -> dict:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         train_dir, held_dir = make_corpus(Path(tmp), cfg)
-        train_data = load_cache(preprocess(train_dir, Path(tmp) / "train_cache"))
-        held_data = load_cache(preprocess(held_dir, Path(tmp) / "held_cache"))
+        train_data = preprocess(train_dir, Path(tmp) / "train_cache", report=log)
+        held_data = preprocess(held_dir, Path(tmp) / "held_cache", report=log)
         it = tacotron2_batches(train_data, cfg.batch_size, seed=cfg.seed, buckets=1)
         batches = [{k: np.ascontiguousarray(v) for k, v in next(it).items()} for _ in range(cfg.steps)]
         it.close()

@@ -270,7 +270,7 @@ def draws(results: list[dict]) -> dict:
     return dict(n=len(results), within_10=within.tolist(), within_10_mean=float(within.mean()),
                 within_10_min=float(within.min()), within_10_max=float(within.max()),
                 max_steps=int(sum(res["max_steps"] for res in results)), ratio_median=float(np.median(ratios)),
-                ratio_sd_median=float(np.median(ratios.std(axis=0, ddof=1))),
+                ratio_sd_median=float(np.median(ratios.std(axis=0, ddof=1))) if len(results) > 1 else float("nan"),
                 mean_ratio_within_10=float(np.mean(np.abs(ratios.mean(axis=0) - 1) <= 0.1)),
                 focus=[res["focus"] for res in results], mcd=[res["mcd"] for res in results],
                 l1=[res["l1"] for res in results])
