@@ -71,18 +71,13 @@ class DLESide:
                  weight_decay: float, clip: float, guided_attention: float, sigma: float):
         import torch
 
-        from jtts.train.optim import flat_params_to_torch
+        from jtts.train.optim import load_into_torch
 
         from tacotron2.loss_function import Tacotron2Loss  # DLE's, importable once `load_dle` ran
 
         torch.manual_seed(seed)  # here, so a run draws the same dropout masks with or without a control beside it
         self.net = dle[0].get_model("Tacotron2", config.to_dle(), cpu_run=True)
-        weights = flat_params_to_torch(params, table)
-        missing, unexpected = self.net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()},
-                                                       strict=False)
-        if unexpected or not all(k.endswith("num_batches_tracked") for k in missing):
-            raise SystemExit(f"DLE's Tacotron 2 does not take jtts' weights: missing {missing}, "
-                             f"unexpected {unexpected}")
+        load_into_torch(self.net, params, table)
         self.loss = Tacotron2Loss()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=weight_decay)
         self.clip, self.ga, self.sigma, self.table, self.like = clip, guided_attention, sigma, table, like

@@ -92,17 +92,13 @@ def compare_grads(trainer, state, batch, table, ref, run_grads) -> dict:
     reference's at jtts' own parameters (a copy of `ref` given them): (b) is what the implementations differ by
     at one point, (a) adds how far the two trajectories have drifted apart."""
     import jax
-    import torch
 
-    from jtts.train.optim import flat_params_to_torch
+    from jtts.train.optim import flat_params_to_torch, load_into_torch
 
     _, _, grads = trainer.loss_and_grads(state, batch, jax.random.key(0))
     ours = flat_params_to_torch(jax.device_get(grads), table)
     twin = copy.deepcopy(ref)
-    weights = flat_params_to_torch(jax.device_get({**state["params"], **state["stats"]}), table)
-    missing, unexpected = twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()},
-                                               strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    load_into_torch(twin, jax.device_get({**state["params"], **state["stats"]}), table)
     same_point = torch_grads(twin, batch)[2]
     return dict(vs_torch_run=global_rel(ours, run_grads), same_params=global_rel(ours, same_point),
                 worst_same_params=worst(tensor_errors(ours, same_point)))

@@ -214,3 +214,24 @@ def test_optax_chain_equals_torch_adam_with_clipping(clip):
     # elementwise Adam in float32 on both sides; optax's float32 bias correction alone is 6.4e-6 of a step
     worst = _worst({k: rel(ours[k], p.detach().numpy()) for k, p in params.items()}, 1e-6, "parameter")
     print(f"clip {clip:g}: worst parameter rel {worst[1]:.1e} after 3 steps")
+
+
+def test_load_into_torch_copies_every_tensor_and_refuses_a_partial_set():
+    """The path the DLE benchmarks use to hand jtts weights to a torch model (learn_dle.py, train_curves.py)."""
+    from jtts.convert import import_state_dict
+    from jtts.errors import CheckpointError
+    from jtts.train.optim import load_into_torch
+
+    ref = live_tacotron2(tacotron2_small_config(), seed=3)
+    _, cfg, params, _ = import_state_dict({k: v.numpy().copy() for k, v in ref.state_dict().items()}, ref.config,
+                                          kind="tacotron2")
+    other = live_tacotron2(tacotron2_small_config(), seed=4)
+    load_into_torch(other, params, _table("tacotron2", cfg))
+    want, got = ref.state_dict(), other.state_dict()
+    assert set(want) == set(got)
+    counted = [k for k in want if not k.endswith("num_batches_tracked")]
+    assert len(counted) > 40 and any(k.endswith("running_var") for k in counted)
+    assert all(torch.equal(want[k], got[k]) for k in counted)
+    params.pop("embedding.embedding")
+    with pytest.raises(CheckpointError, match="missing \\['embedding.weight'\\]"):
+        load_into_torch(other, params, _table("tacotron2", cfg))

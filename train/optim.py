@@ -162,3 +162,19 @@ def adam_state_from_torch(opt_state, adam: TorchAdam, table):
 def flat_params_to_torch(params: Mapping[str, Any], table) -> dict[str, np.ndarray]:
     """Flat jtts params (or gradients, or moments) -> DLE names and layouts, for comparisons and export."""
     return {r.torch: np.asarray(r.layout.to_torch(np.asarray(params[r.jtts]))) for r in table if r.jtts in params}
+
+
+def load_into_torch(module, params: Mapping[str, Any], table) -> None:
+    """Copies flat jtts params (and BatchNorm statistics) into a torch module with DLE's names and layouts.
+
+    Every tensor of the module must be given except BatchNorm's step counters (`num_batches_tracked`, which
+    jtts does not keep); anything else missing or left over raises, so a half-loaded model cannot go unseen."""
+    import torch
+
+    weights = flat_params_to_torch(params, table)
+    missing, unexpected = module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()},
+                                                 strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise CheckpointError(f"jtts weights do not fit the torch module: missing {missing}, unexpected "
+                              f"{unexpected}")
