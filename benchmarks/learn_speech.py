@@ -129,7 +129,8 @@ def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: i
             reached = np.flatnonzero(peak >= len(u.tokens) - 2)
             reach = int(reached[0]) + 1 if reached.size else d.health.frames
             rows.append(dict(text=u.text, frames=d.health.frames, true_frames=int(u.frames),
-                             ratio=d.health.frames / u.frames, reach_ratio=reach / u.frames, focus=d.health.focus, stop=d.health.stop,
+                             ratio=d.health.frames / u.frames, reach_ratio=reach / u.frames, focus=d.health.focus,
+                             stop=d.health.stop,
                              mcd=m, l1=l1, problems=list(d.health.problems)))
     ratio = np.array([r["ratio"] for r in rows])
     reach = np.array([r["reach_ratio"] for r in rows])
@@ -137,7 +138,8 @@ def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: i
                 focus_min=float(np.min([r["focus"] for r in rows])),
                 within_10=float(np.mean(np.abs(ratio - 1) <= 0.1)), ratio_min=float(ratio.min()),
                 ratio_max=float(ratio.max()), reach_within_10=float(np.mean(np.abs(reach - 1) <= 0.1)),
-                reach_min=float(reach.min()), reach_max=float(reach.max()), max_steps=sum(r["stop"] == "max_steps" for r in rows),
+                reach_min=float(reach.min()), reach_max=float(reach.max()),
+                max_steps=sum(r["stop"] == "max_steps" for r in rows),
                 mcd=float(np.mean([r["mcd"] for r in rows])), l1=float(np.mean([r["l1"] for r in rows])),
                 rows=rows)
 
@@ -202,7 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-decoder-steps", type=int, help="default: the model's config (2000)")
     p.add_argument("--gate-threshold", type=float, help="default: the model's config (DLE's 0.5)")
     p.add_argument("--stop-probe", action="store_true",
-                   help="also the gate's teacher-forced stop probability at and before each sentence's last frame")
+                   help="also, teacher-forced on every sentence: the gate's stop probability at and before the\n"
+                        "last frame, where it first passes 0.5, and where the attention reaches the end")
     p.add_argument("--json", type=Path, help="write every figure and per-sentence row here")
     p.add_argument("--plot-alignments", type=Path, help="free-running alignments of 4 sentences per checkpoint")
     p.add_argument("--plot-curves", type=Path, help="training and held-out loss from train_log.jsonl")
@@ -234,10 +237,13 @@ def main(argv=None) -> int:
         res["step"], res["eval_s"] = step, time.perf_counter() - t0
         res["wall_min"] = minutes.get(step)
         if args.stop_probe:
-            res["stop_probe"] = stop_probe(model, val, args.seed)
-            print(f"      teacher-forced stop probability at the last frame {res['stop_probe']['last_min']:.3f}-"
-                  f"{res['stop_probe']['last_max']:.3f}, before the last 5 frames at most "
-                  f"{res['stop_probe']['before_max']:.3f} (first {res['stop_probe']['sentences']} sentences)")
+            res["stop_probe"] = sp = stop_probe(model, val, args.seed, n=None)
+            free_reach = np.median([r["reach_ratio"] for r in res["rows"]])
+            print(f"      teacher-forced ({sp['sentences']} sentences): stop probability at the last frame "
+                  f"{sp['last_min']:.3f}-{sp['last_max']:.3f}, before the last 5 frames at most "
+                  f"{sp['before_max']:.3f}; passes 0.5 at {sp['fires_median']:.3f} of the true length (median; "
+                  f"earliest {sp['fires_min']:.3f}); end reached at {sp['reach_median']:.3f} (free-running "
+                  f"{free_reach:.3f})")
         results.append(res)
         wall = f"{res['wall_min']:8.1f}" if res["wall_min"] is not None else "       ?"
         print(f"{step:5d} {wall}  {res['focus']:.3f} ({res['focus_min']:.2f})  {res['within_10']:9.0%}  "
@@ -291,21 +297,31 @@ def train_minutes(log: list[dict]) -> dict[int, float]:
     return out
 
 
-def stop_probe(model, val, seed: int, n: int = 12) -> dict:
-    """The gate's stop probability, teacher-forced (prenet dropout on), on the first n held-out sentences: at
-    each one's last frame (where it should pass 0.5) and its largest value before the last 5 frames."""
+def stop_probe(model, val, seed: int, n: int | None = 12) -> dict:
+    """The gate and the attention teacher-forced (prenet dropout on) on the first n held-out sentences (all for
+    None): the stop probability at each one's last frame (where it should pass 0.5) and its largest value before
+    the last 5 frames; and, as ratios to the true length like `evaluate`'s, the first frame whose stop
+    probability passes 0.5 and the first whose attention peak reaches the last two symbols. Set beside the
+    free-running figures, these tell an early gate from a decoder that speaks faster on its own frames."""
     import jax
 
-    last, before = [], []
+    last, before, fires, reach = [], [], [], []
     for i, u in enumerate(list(val)[:n]):
         mel = np.load(u.mel)[None]
-        out = model(np.array([list(u.tokens)]), np.array([len(u.tokens)]), mel, np.array([mel.shape[2]]),
+        frames = mel.shape[2]
+        out = model(np.array([list(u.tokens)]), np.array([len(u.tokens)]), mel, np.array([frames]),
                     key=jax.random.fold_in(jax.random.key(seed), i))
         p = 1 / (1 + np.exp(-np.asarray(out[2], np.float64)[0]))
         last.append(p[-1])
         before.append(p[:-5].max())
+        fired = np.flatnonzero(p > 0.5)
+        fires.append((int(fired[0]) + 1 if fired.size else frames) / frames)
+        reached = np.flatnonzero(np.asarray(out[3])[0].argmax(axis=1) >= len(u.tokens) - 2)
+        reach.append((int(reached[0]) + 1 if reached.size else frames) / frames)
     return dict(sentences=len(last), last_min=float(min(last)), last_max=float(max(last)),
-                before_max=float(max(before)), last=[float(x) for x in last], before=[float(x) for x in before])
+                before_max=float(max(before)), last=[float(x) for x in last], before=[float(x) for x in before],
+                fires_median=float(np.median(fires)), fires_min=float(min(fires)),
+                reach_median=float(np.median(reach)), fires=fires, reach=reach)
 
 
 def _alignments(model, val, seed: int) -> list[np.ndarray]:
