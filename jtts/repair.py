@@ -123,16 +123,19 @@ def split_in_two(text: str, text_frontend: TextFrontend = DLE_TEXT) -> tuple[str
 # -- decoding ----------------------------------------------------------------------------------------------------
 
 def decode_rows(tacotron2, seqs: list[list[int]], keys: list[jax.Array], *, max_decoder_steps=None,
-                gate_threshold=None, attention_window=None, limits: Limits = DEFAULT_LIMITS) -> list[Decoded]:
+                gate_threshold=None, attention_window=None, limits: Limits = DEFAULT_LIMITS,
+                prenet_dropout: float = 0.5) -> list[Decoded]:
     """One Tacotron 2 batch: symbol ids and each row's prenet key -> a judged Decoded per row (each row decoded
-    as if alone, `Tacotron2.infer`). A gate firing at the first step still leaves one frame."""
+    as if alone, `Tacotron2.infer`). A gate firing at the first step still leaves one frame. prenet_dropout:
+    DLE's 0.5 at inference; other rates are for diagnostics (benchmarks/learn_speech.py)."""
     lengths = np.array([len(s) for s in seqs], np.int32)
     tokens = np.zeros((len(seqs), lengths.max()), np.int32)
     for r, s in enumerate(seqs):
         tokens[r, :len(s)] = s
     mel, mel_lengths, align, health = tacotron2.infer(
         tokens, lengths, max_decoder_steps=max_decoder_steps, gate_threshold=gate_threshold,
-        attention_window=attention_window, key=jax.numpy.stack(keys), with_health=True)
+        attention_window=attention_window, prenet_dropout=prenet_dropout, key=jax.numpy.stack(keys),
+        with_health=True)
     mel, mel_lengths, align = np.asarray(mel), np.asarray(mel_lengths), np.asarray(align)
     judged = rows(health, mel_lengths, health["stop"], limits)
     out = []

@@ -11,7 +11,7 @@ import pytest
 
 from jtts.health import Health
 from jtts.pipeline import _ahead, sentence_key, synthesize
-from jtts.repair import Cancelled, Decoded, closed, repair, split_in_two
+from jtts.repair import Cancelled, Decoded, closed, decode_rows, repair, split_in_two
 from jtts.text import text_to_sequence
 from robust_helpers import tiny
 
@@ -161,6 +161,18 @@ def test_a_sentence_sounds_the_same_whatever_else_is_spoken(models):
 
 
 # -- the decode-ahead worker -------------------------------------------------------------------------------------
+
+def test_decode_rows_prenet_dropout_rate_reaches_the_decoder(models):
+    """DLE's 0.5 by default: the key decides the frames; at rate 0 (a diagnostic of learn_speech.py) it does not."""
+    taco = models[0]
+    ids = [text_to_sequence("Hello there.")]
+    mels = {(rate, k): decode_rows(taco, ids, [jax.random.key(k)], prenet_dropout=rate)[0].mel
+            for rate in (0.5, 0.0) for k in (0, 1)}
+    scale = float(np.abs(mels[0.5, 0]).mean())
+    assert np.abs(mels[0.5, 0] - mels[0.5, 1]).mean() > 1e-3 * scale
+    np.testing.assert_array_equal(mels[0.0, 0], mels[0.0, 1])
+    np.testing.assert_array_equal(decode_rows(taco, ids, [jax.random.key(0)])[0].mel, mels[0.5, 0])
+
 
 def test_ahead_keeps_order_raises_in_order_and_stops_its_worker():
     def square(x, stop):
