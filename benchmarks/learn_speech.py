@@ -208,9 +208,10 @@ def main(argv=None) -> int:
     p.add_argument("--prenet-dropout", type=float, default=0.5,
                    help="the prenet's dropout rate at inference: DLE's 0.5 (what the criteria are measured with);\n"
                         "lower rates show how the speaking rate and the gate depend on it")
-    p.add_argument("--stop-probe", action="store_true",
-                   help="also, teacher-forced on every sentence: the gate's stop probability at and before the\n"
-                        "last frame, where it first passes 0.5, and where the attention reaches the end")
+    p.add_argument("--stop-probe", type=int, nargs="?", const=12, metavar="N",
+                   help="also, teacher-forced on the first N sentences (12 if N is not given): the gate's stop\n"
+                        "probability at and before the last frame, where it first passes 0.5, and where the\n"
+                        "attention reaches the end")
     p.add_argument("--json", type=Path, help="write every figure and per-sentence row here")
     p.add_argument("--plot-alignments", type=Path, help="free-running alignments of 4 sentences per checkpoint")
     p.add_argument("--plot-curves", type=Path, help="training and held-out loss from train_log.jsonl")
@@ -242,9 +243,9 @@ def main(argv=None) -> int:
         res["step"], res["eval_s"] = step, time.perf_counter() - t0
         res["wall_min"] = minutes.get(step)
         if args.stop_probe:
-            res["stop_probe"] = sp = stop_probe(model, val, args.seed, n=None)
-            free_reach = np.median([r["reach_ratio"] for r in res["rows"]])
-            print(f"      teacher-forced ({sp['sentences']} sentences): stop probability at the last frame "
+            res["stop_probe"] = sp = stop_probe(model, val, args.seed, n=args.stop_probe)
+            free_reach = np.median([r["reach_ratio"] for r in res["rows"]])  # over all sentences
+            print(f"      teacher-forced (first {sp['sentences']} sentences): stop probability at the last frame "
                   f"{sp['last_min']:.3f}-{sp['last_max']:.3f}, before the last 5 frames at most "
                   f"{sp['before_max']:.3f}; passes 0.5 at {sp['fires_median']:.3f} of the true length (median; "
                   f"earliest {sp['fires_min']:.3f}); end reached at {sp['reach_median']:.3f} (free-running "
