@@ -107,11 +107,12 @@ class DLESide:
         converter's table into the names and shapes of `like`."""
         import jax.numpy as jnp
 
+        from jtts.convert import is_buffer
         from jtts.convert.tables import to_jtts
 
         sd = {k: v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
         shapes = {k: shape for part in self.like.values() for k, shape in part.items()}
-        flat = to_jtts(sd, self.table, shapes, source="DLE", ignore=lambda k: k.endswith("num_batches_tracked"))
+        flat = to_jtts(sd, self.table, shapes, source="DLE", ignore=is_buffer)
         return {name: {k: jnp.asarray(flat[k]) for k in part} for name, part in self.like.items()}
 
 

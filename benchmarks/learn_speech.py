@@ -107,6 +107,13 @@ def export(run: Path, step: int, out: Path) -> Path:
                       source={"trained_by": "jtts train", "run": str(run.absolute()), "step": step})
 
 
+def end_reached(alignment: np.ndarray, n_symbols: int, otherwise: int) -> int:
+    """Frames up to and including the first whose attention peak is on one of the last two symbols (the length
+    the gate should give), or `otherwise` if the peak never gets there. alignment: (frames, symbols)."""
+    reached = np.flatnonzero(alignment.argmax(axis=1) >= n_symbols - 2)
+    return int(reached[0]) + 1 if reached.size else otherwise
+
+
 def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: int | None = None,
              gate_threshold: float | None = None, prenet_dropout: float = 0.5) -> dict:
     """Free-running decoding of every held-out sentence (prenet dropout on, DLE's 0.5 unless a diagnostic asks
@@ -126,10 +133,7 @@ def evaluate(model, val, *, seed: int = 0, batch: int = 10, max_decoder_steps: i
                                           prenet_dropout=prenet_dropout)):
             true = np.load(u.mel)
             m, l1 = mcd(d.mel, true)
-            # where the attention peak first reaches the last two symbols: the length the gate should give
-            peak = d.alignment.argmax(axis=1)
-            reached = np.flatnonzero(peak >= len(u.tokens) - 2)
-            reach = int(reached[0]) + 1 if reached.size else d.health.frames
+            reach = end_reached(d.alignment, len(u.tokens), d.health.frames)
             rows.append(dict(text=u.text, frames=d.health.frames, true_frames=int(u.frames),
                              ratio=d.health.frames / u.frames, reach_ratio=reach / u.frames, focus=d.health.focus,
                              stop=d.health.stop,
@@ -322,8 +326,7 @@ def stop_probe(model, val, seed: int, n: int | None = 12) -> dict:
         before.append(p[:-5].max())
         fired = np.flatnonzero(p > 0.5)
         fires.append((int(fired[0]) + 1 if fired.size else frames) / frames)
-        reached = np.flatnonzero(np.asarray(out[3])[0].argmax(axis=1) >= len(u.tokens) - 2)
-        reach.append((int(reached[0]) + 1 if reached.size else frames) / frames)
+        reach.append(end_reached(np.asarray(out[3])[0], len(u.tokens), frames) / frames)
     return dict(sentences=len(last), last_min=float(min(last)), last_max=float(max(last)),
                 before_max=float(max(before)), last=[float(x) for x in last], before=[float(x) for x in before],
                 fires_median=float(np.median(fires)), fires_min=float(min(fires)),

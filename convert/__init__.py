@@ -46,7 +46,8 @@ def _shapes(kind: str, cfg) -> tuple[dict[str, tuple[int, ...]], int]:
     return shapes, int(sum(np.prod(v.shape) for v in flat_state(abstract, nnx.Param).values()))
 
 
-def _is_buffer(key: str) -> bool:
+def is_buffer(key: str) -> bool:
+    """DLE state_dict keys that are not jtts parameters: BatchNorm's integer step counters."""
     return key.endswith(".num_batches_tracked")
 
 
@@ -64,8 +65,8 @@ def import_state_dict(state: dict[str, np.ndarray], dle_config: dict | None, *, 
         state = mod.prepare_state_dict(state)
     cfg = mod.infer_config(state, dle_config, source)
     shapes, n_params = _shapes(found, cfg)
-    params = to_jtts(state, mod.table(cfg), shapes, source=source, ignore=_is_buffer)
-    extras = {"buffers": {k: int(np.asarray(v)) for k, v in state.items() if _is_buffer(k)}, "parameters": n_params}
+    params = to_jtts(state, mod.table(cfg), shapes, source=source, ignore=is_buffer)
+    extras = {"buffers": {k: int(np.asarray(v)) for k, v in state.items() if is_buffer(k)}, "parameters": n_params}
     return found, cfg, params, extras
 
 

@@ -171,10 +171,12 @@ def load_into_torch(module, params: Mapping[str, Any], table) -> None:
     jtts does not keep); anything else missing or left over raises, so a half-loaded model cannot go unseen."""
     import torch
 
+    from jtts.convert import is_buffer
+
     weights = flat_params_to_torch(params, table)
     missing, unexpected = module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()},
                                                  strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not is_buffer(k)]
     if missing or unexpected:
         raise CheckpointError(f"jtts weights do not fit the torch module: missing {missing}, unexpected "
                               f"{unexpected}")
