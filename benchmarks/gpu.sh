@@ -15,6 +15,9 @@ usage:
       On the GPU machine: device tool `run` with carry [".gpu"], command "bash benchmarks/gpu.sh",
       timeout_s 480. Installs .gpu's wheels under /tmp, puts this checkout's jtts on PYTHONPATH, runs
       benchmarks/gpu_bench.py and writes $OUT/benchmark-gpu.md (copy it to docs/), .json and gpu_bench.log.
+  benchmarks/gpu.sh --learn [gpu_learn.py device options, e.g. --minutes 8]
+      On the GPU machine: continue a training run packed into .gpu/learn by `benchmarks/gpu_learn.py pack`
+      (issue 10; docs/learning.md). carry [".gpu"], timeout_s 600.
   benchmarks/gpu.sh --dry-run [gpu_bench.py options, e.g. --out /tmp/gpu.md]
       The same path on this CPU with tiny models, no wheels (CI runs it through tests/test_gpu_bench.py).
 Environment: PYTHON (default python3; .venv/bin/python for --prepare and --dry-run when it exists),
@@ -30,8 +33,11 @@ case "${1:-}" in
   -h|--help) usage; exit 0 ;;
   --prepare) MODE=prepare; shift ;;
   --dry-run) MODE=dry; shift ;;
+  --learn) MODE=learn; shift ;;
 esac
-if [[ $MODE != run && -z ${PYTHON:-} && -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; fi
+if [[ $MODE != run && $MODE != learn && -z ${PYTHON:-} && -x $REPO/.venv/bin/python ]]; then
+  PYTHON=$REPO/.venv/bin/python
+fi
 PY=${PYTHON:-python3}
 
 wheel_names() {  # core | dle
@@ -103,15 +109,19 @@ stage_python_path() {  # jtts from this checkout (its package dirs are mapped: j
   cp -r "$REPO/jtts" "$STAGE/src/jtts"
   ln -s "$REPO/convert" "$STAGE/src/jtts/convert"
   ln -s "$REPO/train" "$STAGE/src/jtts/train"
-  if [[ $MODE == run ]] && ! compgen -G "$GPU_DIR/wheels/*.whl" >/dev/null; then
+  if [[ $MODE != dry ]] && ! compgen -G "$GPU_DIR/wheels/*.whl" >/dev/null; then
     echo "gpu.sh: no wheels in $GPU_DIR/wheels: run 'benchmarks/gpu.sh --prepare' before the call, carry [\".gpu\"]" >&2
     exit 2
   fi
-  if [[ $MODE == run ]]; then
+  if [[ $MODE != dry ]]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STAGE/site" \
       "$GPU_DIR"/wheels/*.whl
   fi
-  export PYTHONPATH="$STAGE/src:$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
+  # Safe path: without it `python -c`/`-m` put the checkout first on sys.path, and its jtts/ (no convert/ or
+  # train/ inside: pyproject maps those) hides the staged one wherever jtts is not pip-installed, as there.
+  # The scripts' own folder then has to be named.
+  export PYTHONSAFEPATH=1
+  export PYTHONPATH="$STAGE/src:$STAGE/site:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
   if ! "$PY" -c 'from flax import nnx; nnx.List' 2>/dev/null; then
     compgen -G "$GPU_DIR/fallback/flax-*.whl" >/dev/null ||
       { echo "gpu.sh: this flax lacks nnx.List and $GPU_DIR/fallback has no flax wheel (run --prepare)" >&2; exit 1; }
@@ -141,6 +151,8 @@ main() {
     prepare) prepare "$@" ;;
     dry) stage_python_path; "$PY" benchmarks/gpu_bench.py --dry-run "$@" ;;
     run) stage_python_path; run_on_device "$@" ;;
+    learn) stage_python_path; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+           PYTHONUNBUFFERED=1 "$PY" benchmarks/gpu_learn.py device "$@" ;;
   esac
 }
 
