@@ -88,14 +88,27 @@ def unpack_cache(packed: Path, cache: Path) -> int:
 
 # -- here, before the call ---------------------------------------------------------------------------------------
 
+def fresh_dir(path: Path, marker: str) -> None:
+    """Empty `path` for this script's use, refusing to delete a folder it did not make (one without `marker`)."""
+    if path.exists():
+        if any(path.iterdir()) and not (path / marker).exists():
+            raise SystemExit(f"{path}: exists and is not this script's (no {marker}); give another folder")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / marker).touch()
+
+
 def pack(args) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from learn_speech import export
 
+    if not (args.run / "checkpoints" / str(args.step) / "state").is_dir():
+        raise SystemExit(f"{args.run}: no checkpoint {args.step} (checkpoints/{args.step}/state)")
+    for cache in (args.train, args.val):
+        if not (cache / "manifest.json").is_file():
+            raise SystemExit(f"{cache}: not a mel cache (no manifest.json; make one with `jtts preprocess`)")
     out = args.out
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    fresh_dir(out, ".gpu_learn_payload")
     export(args.run, args.step, out / "init")
     sizes = {name: pack_cache(cache, out / f"{name}.mels") for name, cache in (("train", args.train),
                                                                                  ("val", args.val))}
@@ -158,8 +171,7 @@ def device(args) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process only reads checkpoints; the trainer has the GPU
     out, work = args.out, args.work
     out.mkdir(parents=True, exist_ok=True)
-    if work.exists():
-        shutil.rmtree(work)
+    fresh_dir(work, ".gpu_learn_work")
     t0 = time.monotonic()
     for name in ("train", "val"):
         n = unpack_cache(args.payload / f"{name}.mels", work / "cache" / name)
@@ -206,8 +218,10 @@ def device(args) -> int:
 # -- here, after the call ----------------------------------------------------------------------------------------
 
 def unpack(args) -> int:
-    args.out.mkdir(parents=True, exist_ok=True)
     tars = sorted(args.files.glob("step_*.tar"))
+    if not tars:
+        raise SystemExit(f"{args.files}: no step_*.tar (the files of a `gpu.sh --learn` call)")
+    args.out.mkdir(parents=True, exist_ok=True)
     for t in tars:
         with tarfile.open(t) as tar:
             tar.extractall(args.out, filter="data")

@@ -104,3 +104,25 @@ def test_device_trains_from_the_payload_and_returns_the_trainers_weights(cache, 
     assert moved > 0  # trained: the last checkpoint is not the initial weights
     model = learn_speech.load_step(run, tars[-1])  # what learn_speech evaluates
     assert model.config.n_symbols == 148
+
+
+def test_refuses_what_it_did_not_make_and_files_that_are_not_a_calls(cache, tmp_path):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("a user's file")
+    with pytest.raises(SystemExit, match="notes: exists and is not this script's"):
+        gpu_learn.fresh_dir(mine, ".gpu_learn_payload")
+    assert (mine / "keep.txt").read_text() == "a user's file"
+    gpu_learn.fresh_dir(tmp_path / "new", ".gpu_learn_payload")
+    gpu_learn.fresh_dir(tmp_path / "new", ".gpu_learn_payload")  # its own: emptied again
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [".gpu_learn_payload"]
+    with pytest.raises(SystemExit, match="run: no checkpoint 5"):
+        gpu_learn.main(["pack", str(tmp_path / "run"), "--step", "5", "--train", str(cache), "--val", str(cache)])
+    (tmp_path / "run" / "checkpoints" / "5" / "state").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="notes: not a mel cache"):
+        gpu_learn.main(["pack", str(tmp_path / "run"), "--step", "5", "--train", str(mine), "--val", str(cache),
+                        "--out", str(tmp_path / "payload")])
+    assert not (tmp_path / "payload").exists()
+    with pytest.raises(SystemExit, match="notes: no step_"):
+        gpu_learn.main(["unpack", str(mine), "-o", str(tmp_path / "back")])
+    assert not (tmp_path / "back").exists()
