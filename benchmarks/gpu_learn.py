@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jtts.files import atomic_write
+
 MAGIC = b"jtts-mels-f16\n"
 PAYLOAD = Path(".gpu/learn")
 MAX_MODELS = 6  # the device tool returns at most 8 files: these, the log and the trainer's output
@@ -58,10 +60,8 @@ def pack_cache(cache: Path, out: Path) -> int:
     half = np.concatenate([m.astype(np.float16).ravel() for m in mels])
     shuffled = half.view(np.uint8).reshape(-1, 2).T.tobytes()  # low bytes, then high bytes: compresses better
     header = json.dumps({"manifest": manifest, "shapes": [m.shape for m in mels]}).encode()
-    tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_write(out) as f:
         f.write(MAGIC + len(header).to_bytes(8, "little") + header + lzma.compress(shuffled, preset=6))
-    tmp.replace(out)
     return out.stat().st_size
 
 
@@ -139,36 +139,44 @@ def slim(run: Path, step: int, out: Path) -> Path:
         checkpointer.save(dst.absolute() / "state", {"train": train})
         checkpointer.wait_until_finished()
     shutil.copytree(src / "meta", dst / "meta")
-    tmp = out.with_name(out.name + ".partial")
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_write(out) as f, tarfile.open(fileobj=f, mode="w") as tar:
         tar.add(work, arcname=".")
-    tmp.replace(out)
     shutil.rmtree(work)
     return out
+
+
+def tars(folder: Path) -> list[Path]:
+    """The step_N.tar files in `folder` (what slim writes), by step."""
+    return sorted(folder.glob("step_*.tar"), key=tar_step)
+
+
+def tar_step(path: Path) -> int:
+    return int(path.stem.split("_")[1])
 
 
 def thin(out: Path) -> None:
     """Keep at most MAX_MODELS checkpoint tars, as evenly spaced as can be: drop the inner one whose
     neighbours are closest together, never the first or the newest."""
     while True:
-        tars = sorted(out.glob("step_*.tar"), key=lambda p: int(p.stem.split("_")[1]))
-        if len(tars) <= MAX_MODELS:
+        kept = tars(out)
+        if len(kept) <= MAX_MODELS:
             return
-        steps = [int(p.stem.split("_")[1]) for p in tars]
-        inner = min(range(1, len(tars) - 1), key=lambda i: steps[i + 1] - steps[i - 1])
-        tars[inner].unlink()
+        steps = [tar_step(p) for p in kept]
+        inner = min(range(1, len(kept) - 1), key=lambda i: steps[i + 1] - steps[i - 1])
+        kept[inner].unlink()
 
 
 def new_checkpoints(run: Path, done: set[int]) -> list[int]:
-    ckpts = run / "checkpoints"
-    if not ckpts.is_dir():
-        return []
-    return sorted(int(p.name) for p in ckpts.iterdir()
-                  if p.name.isdigit() and (p / "commit_success.txt").exists() and int(p.name) not in done)
+    """Checkpoints of `run` that Orbax has finished writing and `done` does not hold yet."""
+    from jtts.train.rundir import CKPT_DIR, steps
+
+    ckpts = run / CKPT_DIR
+    return [s for s in steps(ckpts) if s not in done and (ckpts / str(s) / "commit_success.txt").exists()]
 
 
 def device(args) -> int:
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process only reads checkpoints; the trainer has the GPU
+    trainer_platform = args.trainer_platform or os.environ.get("JAX_PLATFORMS")
+    os.environ["JAX_PLATFORMS"] = "cpu"  # this process only reads checkpoints; the trainer has the device
     out, work = args.out, args.work
     out.mkdir(parents=True, exist_ok=True)
     fresh_dir(work, ".gpu_learn_work")
@@ -183,10 +191,10 @@ def device(args) -> int:
     print("$ " + " ".join(command), flush=True)
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     env["PYTHONUNBUFFERED"] = "1"
-    if args.trainer_platform:
-        env["JAX_PLATFORMS"] = args.trainer_platform
-    log = open(out / "train.log", "w")
-    trainer = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if trainer_platform:
+        env["JAX_PLATFORMS"] = trainer_platform
+    with open(out / "train.log", "w") as log:
+        trainer = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline, stopped, done = time.monotonic() + args.minutes * 60, False, set()
 
     def collect():
@@ -208,9 +216,7 @@ def device(args) -> int:
     collect()
     if (run / "train_log.jsonl").exists():
         shutil.copy(run / "train_log.jsonl", out / "train_log.jsonl")
-    log.close()
-    print(f"trainer exited with {trainer.returncode}; kept {sorted(p.name for p in out.glob('step_*.tar'))}",
-          flush=True)
+    print(f"trainer exited with {trainer.returncode}; kept {[p.name for p in tars(out)]}", flush=True)
     # 128 + 15: jtts train's exit status when SIGTERM stopped it (after saving), not a failure here
     return 0 if trainer.returncode in (0, 128 + signal.SIGTERM) and done else 1
 
@@ -218,16 +224,16 @@ def device(args) -> int:
 # -- here, after the call ----------------------------------------------------------------------------------------
 
 def unpack(args) -> int:
-    tars = sorted(args.files.glob("step_*.tar"))
-    if not tars:
+    found = tars(args.files)
+    if not found:
         raise SystemExit(f"{args.files}: no step_*.tar (the files of a `gpu.sh --learn` call)")
     args.out.mkdir(parents=True, exist_ok=True)
-    for t in tars:
+    for t in found:
         with tarfile.open(t) as tar:
             tar.extractall(args.out, filter="data")
     if (args.files / "train_log.jsonl").exists():
         shutil.copy(args.files / "train_log.jsonl", args.out / "train_log.jsonl")
-    print(f"{args.out}: checkpoints {sorted(int(t.stem.split('_')[1]) for t in tars)}")
+    print(f"{args.out}: checkpoints {[tar_step(t) for t in found]}")
     return 0
 
 

@@ -37,7 +37,7 @@ def test_packed_cache_reads_back_within_float16_rounding(cache, tmp_path):
 
     packed = tmp_path / "train.mels"
     size = gpu_learn.pack_cache(cache, packed)
-    assert size == packed.stat().st_size and not list(tmp_path.glob("*.partial"))
+    assert size == packed.stat().st_size and [p.name for p in tmp_path.iterdir()] == ["train.mels"]  # no temporary
     n = gpu_learn.unpack_cache(packed, tmp_path / "back")
     manifest = json.loads((cache / "manifest.json").read_text())
     assert n == len(manifest["utterances"]) == 8
@@ -60,7 +60,7 @@ def test_thin_keeps_six_evenly_spaced_with_the_first_and_the_newest(tmp_path):
     for s in steps:
         (tmp_path / f"step_{s}.tar").write_bytes(b"")
         gpu_learn.thin(tmp_path)
-        kept = sorted(int(p.stem.split("_")[1]) for p in tmp_path.glob("step_*.tar"))
+        kept = [gpu_learn.tar_step(p) for p in gpu_learn.tars(tmp_path)]
         assert len(kept) == min(gpu_learn.MAX_MODELS, steps.index(s) + 1)
         assert kept[0] == 50 and kept[-1] == s
     gaps = np.diff(kept)
@@ -85,7 +85,7 @@ def test_device_trains_from_the_payload_and_returns_the_trainers_weights(cache, 
                        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr + (out / "train.log").read_text())[-4000:]
     # 7 checkpoints written, 6 kept: the first, the newest and four between
-    tars = sorted(int(p.stem.split("_")[1]) for p in out.glob("step_*.tar"))
+    tars = [gpu_learn.tar_step(p) for p in gpu_learn.tars(out)]
     assert len(tars) == gpu_learn.MAX_MODELS and tars[0] == 1 and tars[-1] == 7
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if e["event"] == "train"] == list(range(1, 8))
